@@ -1,0 +1,1 @@
+"""Benchmarks: figures as JSON (and plots), each against a baseline measured in the same run."""

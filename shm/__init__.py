@@ -1,0 +1,1 @@
+"""Shared-memory snapshot rings (ticker, orderbook) with seqlocked, lock-free readers."""

@@ -1,0 +1,1 @@
+"""An Upbit-compatible exchange simulator: default upstream of the demo, tests and benchmarks."""

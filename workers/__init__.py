@@ -1,0 +1,1 @@
+"""Worker processes that read the shared-memory rings and subscribe to the ZeroMQ bus."""
