@@ -1,0 +1,362 @@
+"""The feed's ZeroMQ PUB socket: one frame per event, a sequence number per topic.
+
+Frame (contract, DESIGN.md section 4)::
+
+    <topic> {"seq":<n>,"recv_ns":<ns>[,"origin_ns":<ns>],"data":<event JSON>}
+
+The header lives inside the single frame because a multipart send costs several times
+more (PERF.md). ``data`` is passed in already serialised and is never re-encoded.
+
+``seq`` counts per topic, starting at 1. Subscribers filter by topic prefix, so a
+counter shared by all topics would show every message of an unsubscribed topic as a
+loss; per topic, a hole in ``seq`` means exactly that messages of that topic were
+dropped (the PUB socket drops for a subscriber whose high-water mark is reached, which
+keeps a slow subscriber from ever blocking the feed).
+
+Endpoint rules (also used by the control socket): ``ipc://`` sockets live in a runtime
+directory that is private to the user (mode 0700, owned by us); ``tcp://`` on a
+loopback address is allowed in the clear; ``tcp://`` on any other address needs CURVE
+keys, otherwise :class:`BusConfigError`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import orjson
+import zmq
+import zmq.auth
+
+log = logging.getLogger(__name__)
+
+RUNTIME_DIR_ENV = "UPFEED_RUNTIME_DIR"
+# sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
+MAX_IPC_PATH_BYTES = 107
+LOOPBACK_NAMES = frozenset({"localhost", "lo", "ip6-localhost"})
+
+
+class BusConfigError(ValueError):
+    """An endpoint or key setting that would be unsafe or cannot work."""
+
+
+@dataclass(frozen=True, slots=True)
+class CurveKeys:
+    """A CURVE key pair (Z85 text, 40 bytes each). The secret key never appears in repr."""
+
+    public: bytes
+    secret: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        for name, key in (("public", self.public), ("secret", self.secret)):
+            if not isinstance(key, bytes) or len(key) != 40:
+                raise BusConfigError(f"CURVE {name} key must be 40 bytes of Z85 text")
+
+    def __repr__(self) -> str:
+        return f"CurveKeys(public={self.public.decode('ascii', 'replace')}, secret=***)"
+
+    @classmethod
+    def generate(cls) -> CurveKeys:
+        public, secret = zmq.curve_keypair()
+        return cls(public, secret)
+
+    @classmethod
+    def load(cls, secret_file: str | os.PathLike[str]) -> CurveKeys:
+        """Load a ZeroMQ certificate file (``*.key_secret``, as written by :meth:`save`)."""
+        path = Path(secret_file)
+        try:
+            public, secret = zmq.auth.load_certificate(path)
+        except (OSError, ValueError) as exc:
+            raise BusConfigError(f"cannot load CURVE certificate {path}: {exc}") from exc
+        if secret is None:
+            raise BusConfigError(f"{path} holds no secret key (a .key_secret file is needed)")
+        return cls(public, secret)
+
+    def save(self, directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
+        """Write ``<name>.key`` (public) and ``<name>.key_secret`` (mode 0600)."""
+        folder = Path(directory)
+        public_file = folder / f"{name}.key"
+        secret_file = folder / f"{name}.key_secret"
+        _write_certificate(public_file, self.public, None)
+        _write_certificate(secret_file, self.public, self.secret)
+        return public_file, secret_file
+
+
+def load_public_key(path: str | os.PathLike[str]) -> bytes:
+    """The public key from a ZeroMQ certificate file (``.key`` or ``.key_secret``)."""
+    try:
+        public, _ = zmq.auth.load_certificate(Path(path))
+    except (OSError, ValueError) as exc:
+        raise BusConfigError(f"cannot load CURVE public key {path}: {exc}") from exc
+    return public
+
+
+def _write_certificate(path: Path, public: bytes, secret: bytes | None) -> None:
+    lines = ["metadata", "curve", f'    public-key = "{public.decode("ascii")}"']
+    if secret is not None:
+        lines.append(f'    secret-key = "{secret.decode("ascii")}"')
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def default_runtime_dir() -> Path:
+    """``$UPFEED_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/upfeed``, else ``/tmp/upfeed-<uid>``."""
+    explicit = os.environ.get(RUNTIME_DIR_ENV)
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / "upfeed"
+    return Path(f"/tmp/upfeed-{os.getuid()}")
+
+
+def default_endpoint(name: str) -> str:
+    """An ipc endpoint named ``name`` in the default runtime directory."""
+    return f"ipc://{default_runtime_dir() / name}"
+
+
+def ensure_runtime_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` with mode 0700, or tighten it to 0700 if it is ours.
+
+    A directory owned by another user is refused: whoever owns it could replace our
+    sockets and read or forge the feed.
+    """
+    folder = Path(path)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = folder.lstat()
+    except OSError as exc:
+        raise BusConfigError(f"cannot create runtime directory {folder}: {exc}") from exc
+    if not stat.S_ISDIR(info.st_mode):
+        raise BusConfigError(f"runtime directory {folder} is not a directory (or is a symlink)")
+    if info.st_uid != os.getuid():
+        raise BusConfigError(
+            f"runtime directory {folder} is owned by uid {info.st_uid}, not by us "
+            f"(uid {os.getuid()}); refusing to put sockets there"
+        )
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        log.warning(
+            "event=runtime_dir_mode_fixed dir=%s mode=%o", folder, stat.S_IMODE(info.st_mode)
+        )
+        os.chmod(folder, 0o700)
+    return folder
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint(endpoint: str, *, curve: bool) -> str:
+    """Validate an endpoint for binding or connecting; prepare its ipc directory.
+
+    Returns the endpoint unchanged. ``inproc://`` is allowed (same process).
+    """
+    transport, sep, address = endpoint.partition("://")
+    if not sep or not address:
+        raise BusConfigError(f"endpoint {endpoint!r} is not of the form transport://address")
+    if transport == "ipc":
+        path = Path(address)
+        if not path.is_absolute():
+            raise BusConfigError(f"ipc endpoint {endpoint!r} must use an absolute path")
+        if len(os.fsencode(address)) > MAX_IPC_PATH_BYTES:
+            raise BusConfigError(
+                f"ipc path {address!r} is longer than {MAX_IPC_PATH_BYTES} bytes, the limit "
+                "of a unix socket address; use a shorter runtime directory"
+            )
+        ensure_runtime_dir(path.parent)
+    elif transport == "tcp":
+        # "tcp://host:port", "tcp://[::1]:port", "tcp://iface;host:port" (source spec).
+        target = address.rsplit(";", 1)[-1]
+        host, colon, port = target.rpartition(":")
+        if not colon or not port:
+            raise BusConfigError(f"tcp endpoint {endpoint!r} needs a port")
+        if not curve and not _is_loopback(host):
+            raise BusConfigError(
+                f"tcp endpoint {endpoint!r} is not a loopback address: traffic leaving this "
+                "host must be encrypted and authenticated, so configure CURVE keys "
+                "(or use ipc:// or tcp://127.0.0.1)"
+            )
+    elif transport != "inproc":
+        raise BusConfigError(f"endpoint {endpoint!r}: transport must be ipc, tcp or inproc")
+    return endpoint
+
+
+def apply_curve_server(sock: zmq.Socket, curve: CurveKeys) -> None:
+    sock.curve_server = True
+    sock.curve_secretkey = curve.secret
+    sock.curve_publickey = curve.public
+
+
+def apply_curve_client(sock: zmq.Socket, server_key: bytes, client: CurveKeys | None) -> None:
+    """Client side of CURVE; an ephemeral client key pair unless one is given."""
+    keys = client or CurveKeys.generate()
+    sock.curve_serverkey = server_key
+    sock.curve_publickey = keys.public
+    sock.curve_secretkey = keys.secret
+
+
+def bind_socket(sock: zmq.Socket, endpoint: str, curve: CurveKeys | None) -> str:
+    """Check, secure and bind; returns the bound endpoint (a real port for ``tcp://*:*``)."""
+    check_endpoint(endpoint, curve=curve is not None)
+    if curve is not None:
+        apply_curve_server(sock, curve)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise BusConfigError(f"cannot bind {endpoint}: {exc}") from exc
+    bound = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return bound.decode() if isinstance(bound, bytes) else str(bound)
+
+
+def ipc_path(endpoint: str) -> Path | None:
+    transport, _, address = endpoint.partition("://")
+    return Path(address) if transport == "ipc" else None
+
+
+# ---------------------------------------------------------------------------- topics
+
+
+@lru_cache(maxsize=65536)
+def topic_for(event_type: str, code: str | None = None) -> bytes:
+    """The topic of an event: ``trade`` + ``KRW-BTC`` -> ``b"trade.KRW-BTC"``.
+
+    ``candle.1m`` -> ``candle.1m.KRW-BTC``; ``myOrder`` -> ``myOrder.<CODE>``;
+    ``myAsset`` -> ``myAsset`` (no code); ``sys`` + event -> ``sys.<event>``.
+    """
+    if event_type == "myAsset":
+        return b"myAsset"
+    if not code:
+        raise ValueError(f"a {event_type} topic needs a code")
+    if " " in code or " " in event_type:
+        raise ValueError(f"topic parts must not contain spaces: {event_type!r} {code!r}")
+    return f"{event_type}.{code}".encode()
+
+
+def sys_topic(event: str) -> bytes:
+    return topic_for("sys", event)
+
+
+def subscription_prefix(topic: bytes) -> bytes:
+    """The SUB filter that matches exactly ``topic`` (the space ends the topic)."""
+    return topic + b" "
+
+
+def encode_frame(
+    topic: bytes, seq: int, recv_ns: int, data_json: bytes, origin_ns: int = 0
+) -> bytes:
+    """The wire frame; the same bytes :meth:`Publisher.publish` sends."""
+    if origin_ns:
+        return b'%s {"seq":%d,"recv_ns":%d,"origin_ns":%d,"data":%s}' % (
+            topic,
+            seq,
+            recv_ns,
+            origin_ns,
+            data_json,
+        )
+    return b'%s {"seq":%d,"recv_ns":%d,"data":%s}' % (topic, seq, recv_ns, data_json)
+
+
+# ------------------------------------------------------------------------- publisher
+
+
+class Publisher:
+    """One PUB socket. ``publish`` may be called from several threads (a lock guards it).
+
+    Sending never blocks: the high-water mark makes ZeroMQ drop for a subscriber that
+    cannot keep up, and a send that would block (EAGAIN) is counted as dropped. A drop
+    still consumes its sequence number, so subscribers see the hole.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        sndhwm: int = 100_000,
+        curve: CurveKeys | None = None,
+        context: zmq.Context | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._context = context or zmq.Context.instance()
+        self._clock_ns = clock_ns
+        self._lock = threading.Lock()
+        self._seqs: dict[bytes, int] = {}
+        self._sent = 0
+        self._dropped = 0
+        self._closed = False
+        sock = self._context.socket(zmq.PUB)
+        sock.linger = 0
+        sock.sndhwm = sndhwm
+        try:
+            self.endpoint = bind_socket(sock, endpoint, curve)
+        except BusConfigError:
+            sock.close(0)
+            raise
+        self._sock = sock
+        self.curve_public_key = curve.public if curve else None
+        log.info("event=publisher_bound endpoint=%s curve=%s", self.endpoint, curve is not None)
+
+    def publish(self, topic: bytes, data_json: bytes, recv_ns: int, origin_ns: int = 0) -> int:
+        """Send one event; returns the sequence number it took (also when dropped)."""
+        with self._lock:
+            seq = self._seqs.get(topic, 0) + 1
+            self._seqs[topic] = seq
+            if origin_ns:
+                frame = b'%s {"seq":%d,"recv_ns":%d,"origin_ns":%d,"data":%s}' % (
+                    topic,
+                    seq,
+                    recv_ns,
+                    origin_ns,
+                    data_json,
+                )
+            else:
+                frame = b'%s {"seq":%d,"recv_ns":%d,"data":%s}' % (topic, seq, recv_ns, data_json)
+            try:
+                self._sock.send(frame, zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                self._dropped += 1
+            else:
+                self._sent += 1
+            return seq
+
+    def publish_sys(self, event: str, fields: Mapping[str, object]) -> int:
+        """Publish a control event on ``sys.<event>``; ``fields`` must be JSON-serialisable."""
+        return self.publish(sys_topic(event), orjson.dumps(fields), self._clock_ns())
+
+    def stats(self) -> dict[str, object]:
+        with self._lock:
+            return {
+                "endpoint": self.endpoint,
+                "sent": self._sent,
+                "dropped": self._dropped,
+                "seq": sum(self._seqs.values()),
+                "topics": len(self._seqs),
+            }
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._sock.close(0)
+        log.info("event=publisher_closed endpoint=%s sent=%d", self.endpoint, self._sent)
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

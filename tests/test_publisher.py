@@ -1,0 +1,267 @@
+import os
+import shutil
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import zmq
+
+from feedhandler.publisher import (
+    BusConfigError,
+    CurveKeys,
+    Publisher,
+    apply_curve_client,
+    check_endpoint,
+    encode_frame,
+    ensure_runtime_dir,
+    load_public_key,
+    subscription_prefix,
+    topic_for,
+)
+
+RECV_TIMEOUT_MS = 2000
+
+
+@pytest.fixture
+def run_dir():
+    # pytest's tmp_path can exceed the 107-byte unix socket path limit; keep it short.
+    root = Path(tempfile.mkdtemp(prefix="upf-pub-"))
+    yield root / "run"
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def make_sub(ctx, endpoint, *prefixes, rcvhwm=1000, curve_server_key=None):
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    sub.rcvhwm = rcvhwm
+    sub.rcvtimeo = RECV_TIMEOUT_MS
+    if curve_server_key is not None:
+        apply_curve_client(sub, curve_server_key, None)
+    for prefix in prefixes:
+        sub.subscribe(prefix)
+    sub.connect(endpoint)
+    return sub
+
+
+def wait_joined(pub, sub, deadline_s=5.0):
+    """Publish on a warm-up topic until the subscriber sees it (ZeroMQ's slow joiner)."""
+    sub.subscribe(b"warmup ")
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        pub.publish(b"warmup", b"{}", 1)
+        if sub.poll(20):
+            frame = sub.recv()
+            assert frame.startswith(b"warmup ")
+            break
+    else:
+        raise AssertionError("subscriber never joined")
+    sub.unsubscribe(b"warmup ")
+    # Drain warm-up frames still in flight.
+    while sub.poll(50):
+        sub.recv()
+
+
+def test_frame_format_is_exact(run_dir, ctx):
+    endpoint = f"ipc://{run_dir}/pub.sock"
+    with Publisher(endpoint, context=ctx) as pub:
+        sub = make_sub(ctx, pub.endpoint, b"trade.KRW-BTC ")
+        wait_joined(pub, sub)
+        data = b'{"code":"KRW-BTC","trade_price":"1.16539E8","sequential_id":17303368620800006}'
+        assert pub.publish(b"trade.KRW-BTC", data, 1700000000000000001) == 1
+        assert pub.publish(b"trade.KRW-BTC", data, 1700000000000000002, 1700000000000000000) == 2
+        # Another market must not reach a subscriber of exactly KRW-BTC.
+        pub.publish(b"trade.KRW-BTCX", data, 5)
+        first, second = sub.recv(), sub.recv()
+        assert first == (
+            b'trade.KRW-BTC {"seq":1,"recv_ns":1700000000000000001,"data":' + data + b"}"
+        )
+        assert second == (
+            b'trade.KRW-BTC {"seq":2,"recv_ns":1700000000000000002,'
+            b'"origin_ns":1700000000000000000,"data":' + data + b"}"
+        )
+        assert second == encode_frame(
+            b"trade.KRW-BTC", 2, 1700000000000000002, data, 1700000000000000000
+        )
+        topic, _, body = second.partition(b" ")
+        parsed = orjson.loads(body)
+        assert topic == b"trade.KRW-BTC"
+        assert parsed["data"]["sequential_id"] == 17303368620800006
+        assert parsed["data"]["trade_price"] == "1.16539E8"
+        assert not sub.poll(100), "a frame of trade.KRW-BTCX leaked through the exact filter"
+        sub.close(0)
+
+
+def test_seq_is_monotonic_per_topic_from_one(run_dir, ctx):
+    with Publisher(f"ipc://{run_dir}/pub.sock", context=ctx) as pub:
+        sub = make_sub(ctx, pub.endpoint, b"trade.", b"candle.")
+        wait_joined(pub, sub)
+        sent_before = pub.stats()["sent"]
+        returned = []
+        for i in range(300):
+            topic = (b"trade.KRW-BTC", b"trade.KRW-ETH", b"candle.1m.KRW-BTC")[i % 3]
+            returned.append((topic, pub.publish(topic, b"{}", i)))
+        seen: dict[bytes, list[int]] = {}
+        for _ in range(300):
+            topic, _, body = sub.recv().partition(b" ")
+            seen.setdefault(topic, []).append(orjson.loads(body)["seq"])
+        for topic, seqs in seen.items():
+            assert seqs == list(range(1, 101)), topic
+        assert [s for t, s in returned if t == b"trade.KRW-ETH"] == list(range(1, 101))
+        stats = pub.stats()
+        assert stats["sent"] - sent_before == 300
+        assert stats["dropped"] == 0
+        assert stats["topics"] == 4  # the three above and the warm-up topic
+        sub.close(0)
+
+
+def test_slow_subscriber_never_blocks_and_sees_gaps(run_dir, ctx):
+    total = 200_000
+    with Publisher(f"ipc://{run_dir}/pub.sock", sndhwm=100, context=ctx) as pub:
+        sub = make_sub(ctx, pub.endpoint, b"trade.KRW-BTC ", rcvhwm=10)
+        sub.setsockopt(zmq.RCVBUF, 4096)
+        wait_joined(pub, sub)
+        payload = b'{"trade_price":"100"}'
+        # The subscriber reads nothing while the publisher sends: this loop would hang
+        # (and pytest-timeout would fail the test) if the PUB blocked on it.
+        last = 0
+        for i in range(total):
+            last = pub.publish(b"trade.KRW-BTC", payload, i)
+        assert last == total
+        seqs = []
+        while sub.poll(200):
+            seqs.append(orjson.loads(sub.recv().partition(b" ")[2])["seq"])
+        assert seqs, "the subscriber should still get what fitted in its queues"
+        assert seqs == sorted(set(seqs))
+        assert len(seqs) < total
+        # Once it reads again, the next message shows the subscriber the hole.
+        pub.publish(b"trade.KRW-BTC", payload, total)
+        following = orjson.loads(sub.recv().partition(b" ")[2])["seq"]
+        assert following == total + 1
+        assert following - seqs[-1] > 1
+        sub.close(0)
+
+
+def test_non_loopback_tcp_needs_curve(ctx):
+    for endpoint in ("tcp://0.0.0.0:5599", "tcp://*:5599", "tcp://10.1.2.3:5599", "tcp://eth0:1"):
+        with pytest.raises(BusConfigError, match="CURVE"):
+            Publisher(endpoint, context=ctx)
+        assert check_endpoint(endpoint, curve=True) == endpoint
+    for endpoint in ("tcp://127.0.0.1:5599", "tcp://localhost:5599", "tcp://[::1]:5599"):
+        assert check_endpoint(endpoint, curve=False) == endpoint
+    with pytest.raises(BusConfigError, match="transport"):
+        check_endpoint("udp://127.0.0.1:5599", curve=False)
+    with pytest.raises(BusConfigError, match="absolute"):
+        check_endpoint("ipc://relative/pub.sock", curve=False)
+
+
+def test_loopback_tcp_with_random_port(ctx):
+    with Publisher("tcp://127.0.0.1:*", context=ctx) as pub:
+        assert pub.endpoint.startswith("tcp://127.0.0.1:")
+        assert not pub.endpoint.endswith(":*")
+
+
+def test_runtime_dir_is_created_private_and_fixed(run_dir, ctx):
+    with Publisher(f"ipc://{run_dir}/pub.sock", context=ctx):
+        assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+        assert (run_dir / "pub.sock").exists()
+    os.chmod(run_dir, 0o755)
+    ensure_runtime_dir(run_dir)
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+
+
+def test_runtime_dir_owned_by_someone_else_is_refused(run_dir, ctx):
+    if os.getuid() == 0:
+        run_dir.mkdir(mode=0o700)
+        os.chown(run_dir, 65534, 65534)
+        foreign = run_dir
+    else:
+        foreign = Path("/")
+    with pytest.raises(BusConfigError, match="owned by uid"):
+        ensure_runtime_dir(foreign)
+    with pytest.raises(BusConfigError, match="owned by uid"):
+        Publisher(f"ipc://{foreign}/pub.sock", context=ctx)
+
+
+def test_too_long_ipc_path_is_refused(run_dir, ctx):
+    with pytest.raises(BusConfigError, match="longer than"):
+        Publisher(f"ipc://{run_dir}/{'x' * 120}.sock", context=ctx)
+
+
+def test_curve_round_trip_and_plain_subscriber_gets_nothing(run_dir, ctx):
+    run_dir.mkdir(mode=0o700)
+    _, secret_file = CurveKeys.generate().save(run_dir, "feed")
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    keys = CurveKeys.load(secret_file)
+    assert "secret=***" in repr(keys)
+    assert keys.secret.decode() not in repr(keys)
+    server_key = load_public_key(run_dir / "feed.key")
+    assert server_key == keys.public
+    with Publisher("tcp://127.0.0.1:*", curve=keys, context=ctx) as pub:
+        assert pub.curve_public_key == keys.public
+        secure = make_sub(ctx, pub.endpoint, b"trade.", curve_server_key=server_key)
+        plain = make_sub(ctx, pub.endpoint, b"trade.", b"warmup")
+        wait_joined(pub, secure)
+        pub.publish(b"trade.KRW-BTC", b'{"x":1}', 7)
+        assert secure.recv() == b'trade.KRW-BTC {"seq":1,"recv_ns":7,"data":{"x":1}}'
+        assert not plain.poll(300), "a subscriber without the server key must get nothing"
+        secure.close(0)
+        plain.close(0)
+
+
+def test_curve_keys_reject_garbage(run_dir):
+    with pytest.raises(BusConfigError, match="40 bytes"):
+        CurveKeys(b"short", b"x" * 40)
+    with pytest.raises(BusConfigError, match="cannot load"):
+        CurveKeys.load(run_dir / "missing.key_secret")
+    run_dir.mkdir(mode=0o700)
+    public_file, _ = CurveKeys.generate().save(run_dir, "only")
+    with pytest.raises(BusConfigError, match="no secret key"):
+        CurveKeys.load(public_file)
+
+
+def test_topics():
+    assert topic_for("trade", "KRW-BTC") == b"trade.KRW-BTC"
+    assert topic_for("candle.1m", "KRW-BTC") == b"candle.1m.KRW-BTC"
+    assert topic_for("myOrder", "KRW-ETH") == b"myOrder.KRW-ETH"
+    assert topic_for("myAsset") == b"myAsset"
+    assert topic_for("sys", "worker_lease_expired") == b"sys.worker_lease_expired"
+    assert subscription_prefix(b"trade.KRW-BTC") == b"trade.KRW-BTC "
+    with pytest.raises(ValueError, match="needs a code"):
+        topic_for("trade")
+    with pytest.raises(ValueError, match="spaces"):
+        topic_for("trade", "KRW BTC")
+
+
+def test_publish_sys_uses_injected_clock(run_dir, ctx):
+    with Publisher(f"ipc://{run_dir}/pub.sock", context=ctx, clock_ns=lambda: 42) as pub:
+        sub = make_sub(ctx, pub.endpoint, b"sys.")
+        wait_joined(pub, sub)
+        seq = pub.publish_sys("connection_up", {"connection": "public-1", "codes": 3})
+        frame = sub.recv()
+        topic, _, body = frame.partition(b" ")
+        assert topic == b"sys.connection_up"
+        assert orjson.loads(body) == {
+            "seq": seq,
+            "recv_ns": 42,
+            "data": {"connection": "public-1", "codes": 3},
+        }
+        sub.close(0)
+
+
+def test_close_is_idempotent_and_releases_the_endpoint(run_dir, ctx):
+    endpoint = f"ipc://{run_dir}/pub.sock"
+    pub = Publisher(endpoint, context=ctx)
+    pub.close()
+    pub.close()
+    with Publisher(endpoint, context=ctx) as again:
+        assert again.endpoint == endpoint
