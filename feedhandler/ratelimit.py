@@ -452,13 +452,15 @@ class RateLimiter:
             return
         self._streak = 0
         reduced = max(MIN_RATE_FACTOR, self._factor * settings.reduction_ratio)
-        if reduced < self._factor:
-            self._factor = reduced
-            self._reductions += 1
-            self._apply_fraction()
+        if reduced >= self._factor:
+            log.warning("rate_factor_at_floor factor=%.4f source=%s", self._factor, source)
+            return
+        self._factor = reduced
+        self._reductions += 1
+        self._apply_fraction()
         log.warning(
             "rate_factor_reduced factor=%.4f source=%s threshold=%d",
-            self._factor,
+            reduced,
             source,
             settings.error_threshold,
         )

@@ -361,7 +361,6 @@ def test_dynamic_reduction_and_stepwise_recovery_cycle():
     assert limiter.rate_factor == 1.0
     assert limiter.status()["adjustments"] == {"reductions": 2, "recoveries": 2}
     assert limiter.acquire_message("c3") == 0.0
-    assert scaled_window(ExchangeLimit(5, 1.0), 0.6)[0] == 3
     assert limiter.status()["buckets"]["message.c2.1s"]["grants"] == 3
 
 
@@ -513,3 +512,17 @@ def test_wait_for_grant_is_interrupted_by_stop():
     thread.join(timeout=5)
     assert not thread.is_alive()
     assert result == {"ok": False}
+
+
+def test_adjustments_and_bans_are_logged_as_key_value_lines(caplog):
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimitSettings(error_threshold=1, recovery_delay=10.0), clock)
+    with caplog.at_level("INFO", logger="feedhandler.ratelimit"):
+        limiter.record_rate_limit_error("rest:trade")
+        clock.advance(10.0)
+        assert limiter.rate_factor == 1.0
+        limiter.record_ban(30.0)
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages[0] == "rate_factor_reduced factor=0.7000 source=rest:trade threshold=1"
+    assert messages[1] == "rate_factor_recovered factor=1.0000 steps=1"
+    assert "rest_ban seconds=30.000 bans=1" in messages
