@@ -9,6 +9,7 @@ keys, live JWTs) is replaced by ``***`` wherever it appears in a finished line.
 
 from __future__ import annotations
 
+import ast
 import collections
 import functools
 import logging
@@ -34,6 +35,13 @@ _WORD_SPLIT_RE = re.compile(r"[_\-.]|(?<=[a-z0-9])(?=[A-Z])")
 _RESERVED = frozenset({"ts", "level", "logger", "event", "exc_type", "exc"})
 _NEEDS_QUOTES = re.compile(r'[\s"=\\]|\A\Z')
 _BEARER_RE = re.compile(r"(Bearer\s+)[^\s\"',;]+", re.IGNORECASE)
+_EVENT_NAME_RE = re.compile(r"[A-Za-z_][\w.:-]*")
+_KV_TOKEN_RE = re.compile(
+    r"""([A-Za-z_][\w.]*)=("(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|[^\s"']\S*|)(?: +|\Z)"""
+)
+_INT_RE = re.compile(r"-?\d+")
+_FLOAT_RE = re.compile(r"-?(\d+\.\d*|\.\d+)([eE][-+]?\d+)?|-?\d+[eE][-+]?\d+")
+_WORD_VALUES: dict[str, object] = {"True": True, "False": False, "None": None}
 _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 
 
@@ -129,18 +137,66 @@ def _field_name(name: str) -> str:
 
 
 def _kv_value(value: object) -> str:
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, int | float):
+    cls = type(value)
+    if cls is str:
+        text: str = value  # type: ignore[assignment]
+    elif cls is int or cls is float:
         return repr(value)
-    text = value if isinstance(value, str) else str(value)
+    elif value is None:
+        return "null"
+    elif cls is bool:
+        return "true" if value else "false"
+    else:
+        text = str(value)
     if _NEEDS_QUOTES.search(text):
         return orjson.dumps(text).decode()
     return text
+
+
+def split_kv_message(message: str) -> tuple[str, list[tuple[str, str]]] | None:
+    """``"event=name k=v k='a b'"`` or ``"name k=v ..."`` as ``(name, [(k, raw v), ...])``.
+
+    Modules that format their own ``key=value`` messages through plain ``logging`` calls
+    get the same line shape (and name-based masking) as :func:`log_event`; any other
+    message gives None and is rendered whole as the event.
+    """
+    head, _, rest = message.partition(" ")
+    prefixed = head.startswith("event=")
+    head = head.removeprefix("event=")
+    if not _EVENT_NAME_RE.fullmatch(head) or not (prefixed or "=" in rest):
+        return None
+    pairs = []
+    position = 0
+    while position < len(rest):
+        match = _KV_TOKEN_RE.match(rest, position)
+        if match is None:
+            return None
+        pairs.append((match[1], match[2]))
+        position = match.end()
+    return head, pairs
+
+
+def _decode_raw_value(raw: str) -> object:
+    """A value spliced by ``%s`` / ``%r`` / ``%d`` into a message, as a JSON value."""
+    if raw[:1] in ("'", '"'):
+        try:
+            return ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            return raw[1:-1]
+    if _INT_RE.fullmatch(raw):
+        return int(raw)
+    if _FLOAT_RE.fullmatch(raw):
+        return float(raw)
+    return _WORD_VALUES.get(raw, raw)
+
+
+def _inline_kv_value(name: str, raw: str) -> str:
+    if is_secret_field(name):
+        return MASK
+    if raw[:1] in ("'", '"'):
+        # One quoting convention per line: %r output is re-quoted like every other value.
+        return _kv_value(_decode_raw_value(raw))
+    return raw
 
 
 class _EventFormatter(logging.Formatter):
@@ -149,7 +205,17 @@ class _EventFormatter(logging.Formatter):
         self._redactor = redactor
         self._timestamp = _Timestamps()
 
-    def _fields(self, record: logging.LogRecord) -> Iterable[tuple[str, object]]:
+    @staticmethod
+    def _message(record: logging.LogRecord) -> tuple[str, list[tuple[str, str]]]:
+        message = record.getMessage()
+        if "=" in message:
+            split = split_kv_message(message)
+            if split is not None:
+                return split
+        return message, []
+
+    @staticmethod
+    def _fields(record: logging.LogRecord) -> Iterable[tuple[str, object]]:
         fields: dict[str, object] | None = getattr(record, FIELDS_ATTR, None)
         if not fields:
             return ()
@@ -171,13 +237,21 @@ class KeyValueFormatter(_EventFormatter):
     """``ts=... level=... logger=... event=... key=value ...`` on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
+        event, inline = self._message(record)
         parts = [
             f"ts={self._timestamp(record.created)}",
             f"level={record.levelname}",
             f"logger={_kv_value(record.name)}",
-            f"event={_kv_value(record.getMessage())}",
+            f"event={_kv_value(event)}",
         ]
-        parts.extend(f"{name}={_kv_value(value)}" for name, value in self._fields(record))
+        parts.extend(f"{_field_name(name)}={_inline_kv_value(name, raw)}" for name, raw in inline)
+        fields: dict[str, object] | None = getattr(record, FIELDS_ATTR, None)
+        if fields:
+            for name, value in fields.items():
+                if is_secret_field(name):
+                    parts.append(f"{_field_name(name)}={MASK}")
+                else:
+                    parts.append(f"{_field_name(name)}={_kv_value(value)}")
         exception = self._exception(record)
         if exception is not None:
             parts.append(f"exc_type={exception[0]}")
@@ -189,12 +263,15 @@ class JsonFormatter(_EventFormatter):
     """One JSON object per line; values orjson cannot encode are rendered with ``str``."""
 
     def format(self, record: logging.LogRecord) -> str:
+        event, inline = self._message(record)
         document: dict[str, object] = {
             "ts": self._timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
-            "event": record.getMessage(),
+            "event": event,
         }
+        for name, raw in inline:
+            document[_field_name(name)] = MASK if is_secret_field(name) else _decode_raw_value(raw)
         document.update(self._fields(record))
         exception = self._exception(record)
         if exception is not None:

@@ -385,3 +385,37 @@ def test_a_real_process_writes_json_lines_to_stderr_without_the_secret():
     assert event["note"] == "key is ***"
     assert API_SECRET not in result.stderr
     assert result.stdout == ""
+
+
+def test_preformatted_key_value_messages_become_fields(root_logging):
+    transport = logging.getLogger("feedhandler.transport")
+    ratelimit = logging.getLogger("feedhandler.ratelimit")
+    for fmt in ("kv", "json"):
+        stream = capture(fmt, redactor=Redactor())
+        transport.info("event=ws_closed_by_server code=%d reason=%r", 1001, "going away")
+        ratelimit.warning("rate_factor_reduced factor=%.4f source=%s", 0.7, "ws:rate")
+        transport.info("event=auth token=%s level=%d", "abc.def.ghi", 3)
+        transport.info("connected to %s", "ws://127.0.0.1:1 a=b")
+        lines = stream.getvalue().splitlines()
+        parse = kv_pairs if fmt == "kv" else orjson.loads
+        closed, reduced, auth, plain = (parse(line) for line in lines)
+        assert closed["event"] == "ws_closed_by_server"
+        assert reduced["event"] == "rate_factor_reduced"
+        assert auth["token"] == MASK
+        assert auth["level"] == "INFO"
+        assert plain["event"] == "connected to ws://127.0.0.1:1 a=b"
+        if fmt == "kv":
+            assert lines[0].endswith(' event=ws_closed_by_server code=1001 reason="going away"')
+            assert (closed["code"], reduced["factor"], reduced["source"]) == (
+                "1001",
+                "0.7000",
+                "ws:rate",
+            )
+            assert auth["level_"] == "3"
+        else:
+            assert closed["code"] == 1001
+            assert closed["reason"] == "going away"
+            assert reduced["factor"] == 0.7
+            assert reduced["source"] == "ws:rate"
+            assert auth["level_"] == 3
+        assert "abc.def.ghi" not in stream.getvalue()
