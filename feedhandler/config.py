@@ -33,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from feedhandler.logs import register_secret
 from feedhandler.upbit.auth import ACCESS_KEY_ENV, SECRET_KEY_ENV, Credentials
 from feedhandler.upbit.subscription import (
     ALL_TYPES,
@@ -475,15 +476,14 @@ def _model_at(path: Sequence[str | int]) -> type[BaseModel] | None:
 
 def _unknown_key_message(path: Sequence[str | int]) -> str:
     key = str(path[-1])
+    if _SECRET_KEY_RE.search(key):
+        return f"unknown key (API keys are read only from {ACCESS_KEY_ENV} and {SECRET_KEY_ENV})"
     parent = _model_at(path[:-1])
-    hint = ""
     if parent is not None:
         close = difflib.get_close_matches(key, list(parent.model_fields), n=1)
         if close:
-            hint = f" (did you mean {close[0]}?)"
-    if not hint and _SECRET_KEY_RE.search(key):
-        hint = f" (API keys are read only from {ACCESS_KEY_ENV} and {SECRET_KEY_ENV})"
-    return f"unknown key{hint}"
+            return f"unknown key (did you mean {close[0]}?)"
+    return "unknown key"
 
 
 def _key_path(loc: Sequence[str | int]) -> str:
@@ -723,6 +723,10 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         raise _error(source, key_path, _scrub(message, credentials)) from None
     settings._source = source
     settings._credentials = credentials
+    if credentials is not None:
+        # Whatever this process logs from now on, these values render as ***.
+        register_secret(credentials.access_key)
+        register_secret(credentials.secret_key)
     if credentials is None:
         for index, entry in enumerate(settings.subscriptions):
             if entry.type in PRIVATE_TYPES:

@@ -15,6 +15,7 @@ from feedhandler.config import (
     load_settings,
     load_settings_or_exit,
 )
+from feedhandler.logs import REDACTOR, forget_secret
 from feedhandler.upbit.auth import Credentials
 from feedhandler.upbit.subscription import Subscription
 
@@ -338,12 +339,14 @@ def test_empty_file_means_all_defaults(tmp_path):
 def test_secret_looking_keys_are_unknown_and_their_values_never_echoed(tmp_path):
     path = write(tmp_path, f"upbit:\n  secret_key: {SECRET}\n")
     message = config_error(path)
-    assert message.startswith(f"{path}: upbit.secret_key: unknown key")
-    assert "UPBIT_SECRET_KEY" in message
+    assert message.startswith(
+        f"{path}: upbit.secret_key: unknown key"
+        " (API keys are read only from UPBIT_ACCESS_KEY and UPBIT_SECRET_KEY)"
+    )
     assert SECRET not in message
-    path = write(tmp_path, f"access_key: {ACCESS}\n")
+    path = write(tmp_path, f"upbit:\n  access_key: {ACCESS}\n")
     message = config_error(path)
-    assert message.startswith(f"{path}: access_key: unknown key")
+    assert message.startswith(f"{path}: upbit.access_key: unknown key (API keys are read only")
     assert ACCESS not in message
 
 
@@ -553,3 +556,13 @@ def test_load_settings_or_exit_prints_one_line_and_exits_2(tmp_path):
         "error: bad.yaml: rate_limiter.strategy: must be one of conservative, balanced,"
         " aggressive (got 'fast') (line 2)"
     ]
+
+
+def test_loaded_api_keys_are_redacted_from_logs(tmp_path):
+    path = write(tmp_path, "{}\n")
+    try:
+        load_settings(path, KEYS)
+        assert REDACTOR.redact(f"a={ACCESS} b={SECRET}") == "a=*** b=***"
+    finally:
+        forget_secret(ACCESS)
+        forget_secret(SECRET)
