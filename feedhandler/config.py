@@ -68,7 +68,7 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
@@ -527,6 +527,7 @@ def _explain(error: Mapping[str, Any]) -> str:
     expected = {
         "int_type": "an integer",
         "float_type": "a number",
+        "finite_number": "a finite number",
         "bool_type": "true or false",
         "string_type": "a string",
         "model_type": "a mapping of keys",

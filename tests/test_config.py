@@ -201,6 +201,10 @@ def test_shipped_demo_urls_follow_the_launcher_overrides():
             "reconnection: max_delay (2) must be >= base_delay (5)",
         ),
         ("backfill:\n  page_size: 501\n", "backfill.page_size: must be <= 500 (got 501)"),
+        (
+            "connection:\n  heartbeat_interval: .inf\n",
+            "connection.heartbeat_interval: expected a finite number (got float inf)",
+        ),
         ("health:\n  health_score: 1.5\n", "health.health_score: must be <= 1 (got 1.5)"),
         (
             "shm:\n  ticker_capacity: 1000\n",
