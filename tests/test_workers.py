@@ -1,0 +1,471 @@
+import os
+import random
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import pytest
+import zmq
+
+from feedhandler.control import ControlServer, WorkerRegistry
+from feedhandler.publisher import Publisher, encode_frame, ensure_runtime_dir
+from feedhandler.upbit import Subscription
+from workers import Supervisor, Trade, Worker, WorkerError, WorkerSpec
+from workers.events import ASSET_DECODER, ORDER_DECODER, TRADE_DECODER
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = Path("/work/shared/upbit/samples")
+WORKERS_RUN = (sys.executable, "-m", "workers", "run")
+BIG_SEQUENTIAL_ID = 17303368620800007  # odd and > 2**53: a float would change it
+
+
+# ------------------------------------------------- workers run in child processes
+
+
+def emit(**fields):
+    sys.stdout.write(orjson.dumps(fields).decode() + "\n")
+    sys.stdout.flush()
+
+
+class RecordingWorker(Worker):
+    """Prints one JSON line per hook call, for the test process to read."""
+
+    types = ("trade", "myAsset")
+
+    def on_start(self):
+        emit(ev="start", worker_id=self.worker_id, pub=self.hello.get("pub_endpoint"))
+
+    def on_trade(self, event: Trade):
+        assert isinstance(event.trade_price, Decimal)
+        emit(
+            ev="trade",
+            code=event.code,
+            seq=self.current.seq,
+            sid=event.sequential_id,
+            price=str(event.trade_price),
+            volume=str(event.trade_volume),
+            buy=event.is_buy,
+        )
+
+    def on_asset(self, event):
+        emit(ev="asset", balance=str(event.assets[0].balance))
+
+    def on_sys(self, topic, payload):
+        emit(ev="sys", topic=topic, payload=payload)
+
+    def on_gap(self, expected_seq, got_seq):
+        emit(ev="gap", topic=self.current_topic, expected=expected_seq, got=got_seq)
+
+    def on_stop(self):
+        emit(ev="stop", received=self.received, gaps=self.gaps)
+
+
+class CrashingWorker(Worker):
+    types = ("trade",)
+
+    def on_start(self):
+        raise RuntimeError("strategy bug on start")
+
+
+# ------------------------------------------------------------------- harness
+
+
+class ChildLines:
+    """Reads a child's stdout JSON lines with deadlines (never blocks forever)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.events: list[dict] = []
+        self._buffer = b""
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(proc.stdout, selectors.EVENT_READ)
+
+    def pump(self, timeout: float) -> None:
+        for _ in self._selector.select(timeout):
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        self.events += [orjson.loads(line) for line in lines if line.startswith(b"{")]
+
+    def wait_for(self, predicate, timeout: float = 10.0, what: str = "event"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.events:
+                if predicate(event):
+                    return event
+            if self.proc.poll() is not None:
+                self.pump(0.05)
+                for event in self.events:
+                    if predicate(event):
+                        return event
+                raise AssertionError(f"child exited ({self.proc.returncode}) before {what}")
+            self.pump(0.05)
+        raise AssertionError(f"timed out waiting for {what}; got {self.events[-5:]}")
+
+    def of(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e["ev"] == kind]
+
+    def close(self):
+        self._selector.close()
+
+
+def spawn_worker(target, symbols, control, *extra, stderr_path):
+    with open(stderr_path, "ab") as stderr:
+        return subprocess.Popen(
+            [*WORKERS_RUN, target, "--symbols", symbols, "--control", control, *extra],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(5)
+    if proc.stdout:
+        proc.stdout.close()
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def run_dir():
+    root = Path(tempfile.mkdtemp(prefix="upf-wrk-"))
+    run = ensure_runtime_dir(root / "run")
+    yield run
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def feed(run_dir, ctx):
+    """A real Publisher and ControlServer, as the feed process runs them."""
+    expired: list[str] = []
+    changes: list[list[Subscription]] = []
+    registry = WorkerRegistry(
+        on_expired=expired.append, on_change=lambda: changes.append(registry.desired())
+    )
+    publisher = Publisher(f"ipc://{run_dir}/pub.sock", context=ctx)
+    hellos = []
+
+    def hello():
+        hellos.append(time.monotonic())
+        return {"pub_endpoint": publisher.endpoint, "shm_prefix": "upfeed-test-none"}
+
+    server = ControlServer(f"ipc://{run_dir}/ctl.sock", registry=registry, hello=hello, context=ctx)
+    server.start()
+    yield publisher, server, registry, expired, hellos, changes
+    server.stop()
+    publisher.close()
+
+
+def trade_json(code, i):
+    return orjson.dumps(
+        {
+            "type": "trade",
+            "code": code,
+            "trade_price": f"1.16539E{i % 3 + 6}",
+            "trade_volume": f"0.{i:08d}",
+            "ask_bid": "BID" if i % 2 else "ASK",
+            "sequential_id": BIG_SEQUENTIAL_ID + i,
+            "trade_timestamp": 1730336862047 + i,
+            "timestamp": 1730336862082 + i,
+            "stream_type": "REALTIME",
+        }
+    )
+
+
+def warm_up(send_sys, lines: ChildLines, timeout=10.0):
+    """Publish sys events until the worker's SUB has joined (ZeroMQ's slow joiner)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        send_sys()
+        lines.pump(0.05)
+        if lines.of("sys"):
+            return
+    raise AssertionError("the worker never received a sys event")
+
+
+# --------------------------------------------------------------------- tests
+
+
+def test_worker_process_gets_every_trade_in_order_and_unregisters_on_sigterm(feed, run_dir):
+    publisher, server, registry, expired, _, _ = feed
+    proc = spawn_worker(
+        "tests.test_workers:RecordingWorker",
+        "KRW-BTC,KRW-ETH",
+        server.endpoint,
+        "--worker-id",
+        "rec-1",
+        "--lease",
+        "30",
+        stderr_path=run_dir / "stderr",
+    )
+    lines = ChildLines(proc)
+    try:
+        started = lines.wait_for(lambda e: e["ev"] == "start", what="worker start")
+        assert started["worker_id"] == "rec-1"
+        assert started["pub"] == publisher.endpoint
+        assert registry.desired() == [
+            Subscription("myAsset"),
+            Subscription("trade", ("KRW-BTC", "KRW-ETH")),
+        ]
+        warm_up(lambda: publisher.publish_sys("warmup", {"n": 1}), lines)
+
+        sent = {"KRW-BTC": [], "KRW-ETH": []}
+        for i in range(600):
+            code = ("KRW-BTC", "KRW-ETH", "KRW-XRP")[i % 3]
+            data = trade_json(code, i)
+            publisher.publish(f"trade.{code}".encode(), data, time.time_ns())
+            if code in sent:
+                sent[code].append(orjson.loads(data))
+        balance = "1386929.37231066771348207123"
+        asset = b'{"type":"myAsset","assets":[{"currency":"KRW","balance":"%s","locked":"0"}]}'
+        publisher.publish(b"myAsset", asset % balance.encode(), time.time_ns())
+        lines.wait_for(lambda e: e["ev"] == "asset", what="the myAsset event")
+
+        trades = lines.of("trade")
+        assert len(trades) == 400, "every KRW-BTC/KRW-ETH trade, none of KRW-XRP"
+        for code, expected in sent.items():
+            got = [t for t in trades if t["code"] == code]
+            assert [t["seq"] for t in got] == list(range(1, 201))
+            assert [t["sid"] for t in got] == [d["sequential_id"] for d in expected]
+            assert [Decimal(t["price"]) for t in got] == [
+                Decimal(d["trade_price"]) for d in expected
+            ]
+            assert [Decimal(t["volume"]) for t in got] == [
+                Decimal(d["trade_volume"]) for d in expected
+            ]
+            assert [t["buy"] for t in got] == [d["ask_bid"] == "BID" for d in expected]
+        assert lines.of("asset")[0]["balance"] == balance
+        assert not lines.of("gap")
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        lines.pump(0.1)
+        assert lines.of("stop")[0]["gaps"] == 0
+        assert "rec-1" not in registry
+        assert expired == [], "the worker left by unregistering, not by lease expiry"
+        assert registry.desired() == []
+    finally:
+        lines.close()
+        stop_process(proc)
+
+
+def test_worker_detects_an_injected_seq_gap_and_reports_it_on_renew(run_dir, ctx):
+    # The feed side here is a bare PUB socket sending hand-made frames with a hole.
+    pub = ctx.socket(zmq.PUB)
+    pub.linger = 0
+    pub.bind(f"ipc://{run_dir}/raw-pub.sock")
+    registry = WorkerRegistry()
+    hello = {"pub_endpoint": f"ipc://{run_dir}/raw-pub.sock"}
+    server = ControlServer(
+        f"ipc://{run_dir}/ctl.sock", registry=registry, hello=lambda: hello, context=ctx
+    )
+    server.start()
+    proc = spawn_worker(
+        "tests.test_workers:RecordingWorker",
+        "KRW-BTC",
+        server.endpoint,
+        "--worker-id",
+        "gappy",
+        "--lease",
+        "0.6",
+        stderr_path=run_dir / "stderr",
+    )
+    lines = ChildLines(proc)
+    try:
+        lines.wait_for(lambda e: e["ev"] == "start", what="worker start")
+        warm = iter(range(1, 10_000))
+        warm_up(lambda: pub.send(encode_frame(b"sys.warmup", next(warm), 1, b"{}")), lines)
+        for seq in (1, 2, 3, 7, 8):
+            pub.send(encode_frame(b"trade.KRW-BTC", seq, 1, trade_json("KRW-BTC", seq)))
+        lines.wait_for(lambda e: e["ev"] == "trade" and e["seq"] == 8, what="the last trade")
+        assert [t["seq"] for t in lines.of("trade")] == [1, 2, 3, 7, 8]
+        assert lines.of("gap") == [{"ev": "gap", "topic": "trade.KRW-BTC", "expected": 4, "got": 7}]
+        # Renewals (every lease/3) carry the loss count to the feed's status.
+        wait_until(
+            lambda: any(w["gaps"] == 3 for w in registry.workers()),
+            what="the renew that reports 3 lost messages",
+        )
+        assert registry.totals()["gaps"] == 3
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        lines.close()
+        stop_process(proc)
+        server.stop()
+        pub.close(0)
+
+
+def test_sigkilled_worker_loses_its_lease_and_the_union_shrinks(feed, run_dir):
+    _, server, registry, expired, _, changes = feed
+    registry.register("config", [Subscription("trade", ("KRW-ETH",))], 3600)
+    proc = spawn_worker(
+        "tests.test_workers:RecordingWorker",
+        "KRW-BTC",
+        server.endpoint,
+        "--worker-id",
+        "doomed",
+        "--lease",
+        "0.5",
+        stderr_path=run_dir / "stderr",
+    )
+    lines = ChildLines(proc)
+    try:
+        lines.wait_for(lambda e: e["ev"] == "start", what="worker start")
+        assert Subscription("trade", ("KRW-BTC", "KRW-ETH")) in registry.desired()
+        proc.kill()
+        proc.wait(5)
+        wait_until(lambda: expired == ["doomed"], timeout=5, what="lease expiry")
+        assert registry.desired() == [Subscription("trade", ("KRW-ETH",))]
+        assert changes[-1] == [Subscription("trade", ("KRW-ETH",))]
+    finally:
+        lines.close()
+        stop_process(proc)
+
+
+def test_supervisor_restarts_a_crashing_worker_then_gives_up(feed):
+    _, server, registry, _, hellos, _ = feed
+    supervisor = Supervisor(
+        [WorkerSpec("tests.test_workers:CrashingWorker", ("KRW-BTC",), name="crasher")],
+        control_endpoint=server.endpoint,
+        max_restarts=2,
+        backoff_base=0.05,
+        backoff_cap=0.2,
+        rng=random.Random(7),
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    stats = supervisor.run()["crasher"]
+    assert stats["restarts"] == 2
+    assert stats["done"] is True
+    assert stats["exit_codes"] == [1, 1, 1]
+    assert len(hellos) == 3, "each run registered once before crashing"
+    assert len(registry) == 0, "a crashing worker unregisters on its way out"
+
+
+def test_supervisor_stop_terminates_workers_cleanly(feed):
+    _, server, registry, expired, _, _ = feed
+    supervisor = Supervisor(
+        [WorkerSpec("tests.test_workers:RecordingWorker", ("KRW-BTC",), name="steady")],
+        control_endpoint=server.endpoint,
+        stop_grace_s=5,
+    )
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(supervisor.run()))
+    thread.start()
+    try:
+        wait_until(lambda: "steady" in registry, what="the supervised worker to register")
+    finally:
+        supervisor.stop()
+        thread.join(15)
+    assert not thread.is_alive()
+    assert result["steady"]["exit_codes"] == [0]
+    assert result["steady"]["restarts"] == 0
+    assert "steady" not in registry
+    assert expired == []
+
+
+def test_restart_delays_grow_exponentially_with_jitter():
+    supervisor = Supervisor(
+        [WorkerSpec("a.b:C", ("KRW-BTC",))],
+        backoff_base=1.0,
+        backoff_cap=10.0,
+        rng=random.Random(3),
+    )
+    delays = [supervisor.restart_delay(n) for n in range(1, 8)]
+    for failures, delay in enumerate(delays, start=1):
+        nominal = min(2.0 ** (failures - 1), 10.0)
+        assert 0.5 * nominal <= delay <= min(1.5 * nominal, 10.0)
+    assert delays[3] > delays[0]
+
+
+def test_worker_spec_parsing():
+    spec = WorkerSpec.parse("workers.examples.spread:SpreadMonitor=KRW-BTC,KRW-ETH@spread", 0)
+    assert spec == WorkerSpec(
+        "workers.examples.spread:SpreadMonitor", ("KRW-BTC", "KRW-ETH"), "spread"
+    )
+    assert WorkerSpec.parse("a.b:C=KRW-BTC", 3).name == "C-3"
+    with pytest.raises(ValueError, match="must look like"):
+        WorkerSpec.parse("a.b:C")
+    with pytest.raises(ValueError, match=r"package\.module:Class"):
+        WorkerSpec("nocolon", ("KRW-BTC",))
+
+
+def test_run_refuses_a_target_that_is_not_a_worker(run_dir):
+    proc = subprocess.run(
+        [*WORKERS_RUN, "os.path:join", "--symbols", "KRW-BTC", "--control", f"ipc://{run_dir}/x"],
+        cwd=REPO,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert b"not a workers.Worker subclass" in proc.stderr
+
+
+def test_worker_without_feed_fails_with_a_clear_error(run_dir):
+    worker = RecordingWorker(
+        ["KRW-BTC"], control_endpoint=f"ipc://{run_dir}/absent.sock", control_timeout=0.2
+    )
+    with pytest.raises(WorkerError, match="did not answer"):
+        worker.run(duration=1)
+
+
+# ------------------------------------------------------------------ events
+
+
+@pytest.mark.parametrize(
+    ("sample", "decoder"),
+    [
+        ("trade_default_KRW-BTC_1.json", TRADE_DECODER),
+        ("trade_default_KRW-BTC_2.json", TRADE_DECODER),
+        ("myorder_default_KRW-BTC_1.json", ORDER_DECODER),
+        ("myorder_default_SGD-XRP_2.json", ORDER_DECODER),
+        ("myasset_default_KRW_1.json", ASSET_DECODER),
+    ],
+)
+def test_events_decode_real_samples_exactly_from_numbers_and_strings(sample, decoder):
+    raw = (SAMPLES / sample).read_bytes()
+    as_numbers = decoder.decode(b'{"seq":1,"recv_ns":2,"origin_ns":3,"data":' + raw + b"}")
+    assert (as_numbers.seq, as_numbers.recv_ns, as_numbers.origin_ns) == (1, 2, 3)
+    # The feed sends decimals as strings: the same event must come out.
+    parsed = orjson.loads(raw)
+
+    def stringify(value):
+        if isinstance(value, float):
+            return repr(value)
+        if isinstance(value, dict):
+            return {k: stringify(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [stringify(v) for v in value]
+        return value
+
+    text_raw = orjson.dumps(stringify(parsed))
+    as_strings = decoder.decode(b'{"seq":1,"recv_ns":2,"data":' + text_raw + b"}")
+    if "myasset" in sample:
+        assert as_numbers.data.assets[0].balance == Decimal("1386929.37231066771348207123")
+    else:
+        assert as_strings.data == as_numbers.data

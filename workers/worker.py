@@ -1,0 +1,468 @@
+"""The worker base class: register with the feed, read shm rings, subscribe to the bus.
+
+A strategy subclasses :class:`Worker`, declares the data it wants in ``types`` and
+overrides hooks. :meth:`Worker.run` does the rest on the calling thread:
+
+* registers its subscriptions with the feed's control channel (a lease it renews every
+  ``lease_s / 3``, reporting how many bus messages it lost); the reply names the PUB
+  endpoint and the shm prefix;
+* attaches shm readers for ``ticker`` / ``orderbook`` and calls ``on_ticker`` /
+  ``on_orderbook`` with the newest record of each of its symbols that changed since
+  the previous poll (shm holds snapshots, so intermediate states are conflated);
+* SUBscribes to ``trade.<CODE> ``, ``candle.<unit>.<CODE> ``, ``myOrder.<CODE> ``,
+  ``myAsset `` and ``sys.``, decodes frames into typed events (:mod:`workers.events`)
+  and checks each topic's ``seq`` for holes (``on_gap``).
+
+On the way out (stop event, duration, or an exception from a hook) it calls
+``on_stop``, unregisters, and closes every socket and reader.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ClassVar, Protocol
+
+import msgspec
+import zmq
+
+from feedhandler.control import (
+    ControlClient,
+    ControlRequestError,
+    ControlTimeout,
+    UnknownWorker,
+)
+from feedhandler.publisher import apply_curve_client, check_endpoint, subscription_prefix
+from feedhandler.upbit.subscription import ALL_TYPES, CANDLE_TYPES, Subscription, split_code
+from workers.events import (
+    ASSET_DECODER,
+    CANDLE_DECODER,
+    ORDER_DECODER,
+    SYS_DECODER,
+    TRADE_DECODER,
+    Candle,
+    Message,
+    MyAsset,
+    MyOrder,
+    Trade,
+)
+
+log = logging.getLogger(__name__)
+
+SHM_TYPES = ("ticker", "orderbook")
+MAX_DRAIN = 1000
+DECODE_ERROR_LOG_EVERY = 1000
+
+
+class WorkerError(RuntimeError):
+    """The worker cannot start or run (bad declaration, missing feed info, no shm)."""
+
+
+class StopSignal(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class ShmReader(Protocol):
+    """The part of ``shm.attach(...)``'s reader that a worker uses."""
+
+    codes: Any
+
+    def since(self, cursor: int) -> tuple[Any, int, int]: ...
+
+    def close(self) -> None: ...
+
+
+def _attach_shm(prefix: str, kind: str, timeout: float) -> ShmReader:
+    try:
+        import shm  # noqa: PLC0415 - only workers that want ticker/orderbook need it
+    except ImportError as exc:
+        raise WorkerError(f"{kind} needs the shm package, which cannot be imported: {exc}") from exc
+    attach = getattr(shm, "attach", None)
+    if attach is None:
+        raise WorkerError(f"{kind} needs shm.attach, which this installation does not provide")
+    reader: ShmReader = attach(prefix, kind, timeout=timeout)
+    return reader
+
+
+class Worker:
+    """Base class of strategy processes. Override the ``on_*`` hooks you need.
+
+    ``types`` may contain ``ticker``, ``orderbook``, ``trade``, ``candle.<unit>``,
+    ``myOrder`` and ``myAsset``. ``sys.*`` events always arrive (``on_sys``).
+    During a bus hook, :attr:`current` is the envelope of the message being handled
+    (``seq``, ``recv_ns``, ``origin_ns``) and :attr:`current_topic` its topic.
+    """
+
+    types: ClassVar[tuple[str, ...]] = ()
+    #: Orderbook depth to ask for (1, 5, 15 or 30); None = Upbit's default (30).
+    orderbook_depth: ClassVar[int | None] = None
+    #: Seconds between ``on_timer`` calls; 0 disables the timer.
+    timer_interval_s: ClassVar[float] = 0.0
+
+    def __init__(
+        self,
+        symbols: Sequence[str],
+        *,
+        control_endpoint: str,
+        worker_id: str | None = None,
+        lease_s: float = 10.0,
+        control_timeout: float = 2.0,
+        shm_timeout: float = 5.0,
+        shm_poll_interval_s: float = 0.002,
+        curve_server_key: bytes | None = None,
+        context: zmq.Context | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if isinstance(symbols, str):
+            raise WorkerError("symbols must be a sequence of market codes, not one string")
+        self.symbols: tuple[str, ...] = tuple(dict.fromkeys(symbols))
+        for code in self.symbols:
+            if split_code(code)[1] is not None:
+                raise WorkerError(f"symbol {code!r}: give the depth in orderbook_depth instead")
+        unknown = [t for t in self.types if t not in ALL_TYPES]
+        if unknown:
+            raise WorkerError(f"{type(self).__name__}.types has unknown type(s) {unknown}")
+        self.subscriptions: tuple[Subscription, ...] = tuple(self._subscriptions())
+        self.worker_id = worker_id or f"{type(self).__name__}-{socket.gethostname()}-{os.getpid()}"
+        self.control_endpoint = control_endpoint
+        self.lease_s = lease_s
+        self._control_timeout = control_timeout
+        self._shm_timeout = shm_timeout
+        self._shm_poll_interval_s = shm_poll_interval_s
+        self._curve_server_key = curve_server_key
+        self._context = context or zmq.Context.instance()
+        self._clock = clock
+
+        self.hello: dict[str, Any] = {}
+        self.current: Message[Any] | None = None
+        self.current_topic = ""
+        self.received = 0
+        self.gaps = 0
+        self.gap_events = 0
+        self.seq_resets = 0
+        self.decode_errors = 0
+        self.shm_overruns = 0
+
+        self._control: ControlClient | None = None
+        self._sub: zmq.Socket | None = None
+        self._readers: dict[str, ShmReader] = {}
+        self._cursors: dict[str, int] = {}
+        self._last_seq: dict[bytes, int] = {}
+        self._routes: dict[bytes, tuple[msgspec.json.Decoder, Callable[[Any], None]]] = {}
+        self._registered = False
+
+    # ------------------------------------------------------------------ hooks
+
+    def on_start(self) -> None:
+        """After registration and subscription, before the first event."""
+
+    def on_ticker(self, code: str, record: Any) -> None:
+        """The newest shm ticker record of ``code`` (a numpy record) changed."""
+
+    def on_orderbook(self, code: str, record: Any) -> None:
+        """The newest shm orderbook record of ``code`` (a numpy record) changed."""
+
+    def on_trade(self, event: Trade) -> None: ...
+
+    def on_candle(self, event: Candle) -> None: ...
+
+    def on_order(self, event: MyOrder) -> None: ...
+
+    def on_asset(self, event: MyAsset) -> None: ...
+
+    def on_sys(self, topic: str, payload: dict[str, Any]) -> None:
+        """A feed control event such as ``sys.connection_down`` or ``sys.gap``."""
+
+    def on_gap(self, expected_seq: int, got_seq: int) -> None:
+        """Messages ``expected_seq .. got_seq - 1`` of :attr:`current_topic` were lost."""
+
+    def on_timer(self) -> None:
+        """Every ``timer_interval_s`` seconds (when it is > 0)."""
+
+    def on_stop(self) -> None:
+        """Before unregistering; also after a hook raised."""
+
+    # ---------------------------------------------------------------- running
+
+    def run(self, stop_event: StopSignal | None = None, duration: float | None = None) -> None:
+        """Serve until ``stop_event`` is set or ``duration`` seconds have passed."""
+        stop = stop_event if stop_event is not None else threading.Event()
+        started = self._clock()
+        deadline = None if duration is None else started + duration
+        self._open()
+        try:
+            self.on_start()
+            renew_every = self.lease_s / 3
+            next_renew = started + renew_every
+            next_timer = started + self.timer_interval_s
+            poll_ms = max(1, int(self._shm_poll_interval_s * 1000)) if self._readers else 50
+            while not stop.is_set():
+                now = self._clock()
+                if deadline is not None and now >= deadline:
+                    break
+                if now >= next_renew:
+                    self._renew()
+                    next_renew = now + renew_every
+                if self.timer_interval_s > 0 and now >= next_timer:
+                    self.on_timer()
+                    next_timer = now + self.timer_interval_s
+                self.poll(poll_ms)
+        finally:
+            try:
+                self.on_stop()
+            finally:
+                self.close()
+
+    def poll(self, timeout_ms: int) -> int:
+        """Handle what is ready on the bus (waiting up to ``timeout_ms``) and in shm."""
+        handled = 0
+        sub = self._sub
+        if sub is not None and sub.poll(timeout_ms, zmq.POLLIN):
+            for _ in range(MAX_DRAIN):
+                try:
+                    frame = sub.recv(zmq.NOBLOCK, copy=True)
+                except zmq.Again:
+                    break
+                self.handle_frame(frame)
+                handled += 1
+        for kind, reader in self._readers.items():
+            handled += self._poll_shm(kind, reader)
+        return handled
+
+    def handle_frame(self, frame: bytes) -> None:
+        """Decode one bus frame, check its ``seq`` and call the matching hook."""
+        topic, _, body = frame.partition(b" ")
+        route = self._routes.get(topic)
+        if route is None:
+            route = self._route(topic)
+            if route is None:
+                log.warning("event=unexpected_topic worker_id=%s topic=%r", self.worker_id, topic)
+                return
+        decoder, deliver = route
+        try:
+            message = decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.decode_errors += 1
+            if self.decode_errors % DECODE_ERROR_LOG_EVERY == 1:
+                log.warning(
+                    "event=decode_error worker_id=%s topic=%s count=%d error=%s",
+                    self.worker_id,
+                    topic.decode(errors="replace"),
+                    self.decode_errors,
+                    exc,
+                )
+            return
+        self.received += 1
+        self.current = message
+        self.current_topic = topic.decode()
+        seq = message.seq
+        last = self._last_seq.get(topic)
+        self._last_seq[topic] = seq
+        if last is not None and seq != last + 1:
+            if seq > last + 1:
+                self.gaps += seq - last - 1
+                self.gap_events += 1
+                self.on_gap(last + 1, seq)
+            else:
+                # The publisher restarted (its counters begin again at 1).
+                self.seq_resets += 1
+                log.info(
+                    "event=seq_reset worker_id=%s topic=%s last=%d got=%d",
+                    self.worker_id,
+                    self.current_topic,
+                    last,
+                    seq,
+                )
+        deliver(message.data)
+
+    # ---------------------------------------------------------------- set-up
+
+    def _subscriptions(self) -> Iterable[Subscription]:
+        for kind in self.types:
+            if kind == "myAsset":
+                yield Subscription("myAsset")
+            elif kind == "orderbook" and self.orderbook_depth is not None:
+                codes = tuple(f"{c}.{self.orderbook_depth}" for c in self.symbols)
+                yield Subscription("orderbook", codes)
+            else:
+                yield Subscription(kind, self.symbols)
+
+    def topic_prefixes(self) -> list[bytes]:
+        """The SUB filters this worker sets, one per topic, plus ``sys.``."""
+        prefixes = [b"sys."]
+        for kind in self.types:
+            if kind == "myAsset":
+                prefixes.append(subscription_prefix(b"myAsset"))
+            elif kind in ("trade", "myOrder", *CANDLE_TYPES):
+                prefixes += [subscription_prefix(f"{kind}.{c}".encode()) for c in self.symbols]
+        return prefixes
+
+    def _route(self, topic: bytes) -> tuple[msgspec.json.Decoder, Callable[[Any], None]] | None:
+        head = topic.split(b".", 1)[0]
+        route: tuple[msgspec.json.Decoder, Callable[[Any], None]]
+        if head == b"trade":
+            route = (TRADE_DECODER, self.on_trade)
+        elif head == b"candle":
+            route = (CANDLE_DECODER, self.on_candle)
+        elif head == b"myOrder":
+            route = (ORDER_DECODER, self.on_order)
+        elif topic == b"myAsset":
+            route = (ASSET_DECODER, self.on_asset)
+        elif head == b"sys":
+            name = topic.decode()
+            route = (SYS_DECODER, lambda payload: self.on_sys(name, payload))
+        else:
+            return None
+        self._routes[topic] = route
+        return route
+
+    def _open(self) -> None:
+        try:
+            self._control = ControlClient(
+                self.control_endpoint,
+                timeout=self._control_timeout,
+                curve_server_key=self._curve_server_key,
+                context=self._context,
+            )
+            self._register()
+            self._connect_bus()
+            for kind in SHM_TYPES:
+                if kind in self.types:
+                    self._attach(kind)
+        except BaseException:
+            self.close()
+            raise
+
+    def _register(self) -> None:
+        assert self._control is not None
+        try:
+            reply = self._control.register(
+                self.worker_id, self.subscriptions, self.lease_s, pid=os.getpid()
+            )
+        except ControlTimeout as exc:
+            raise WorkerError(f"the feed's control channel did not answer: {exc}") from exc
+        except ControlRequestError as exc:
+            raise WorkerError(f"the feed refused registration: {exc}") from exc
+        self.hello = reply
+        self._registered = True
+        log.info(
+            "event=worker_registered worker_id=%s pub_endpoint=%s shm_prefix=%s",
+            self.worker_id,
+            reply.get("pub_endpoint"),
+            reply.get("shm_prefix"),
+        )
+
+    def _connect_bus(self) -> None:
+        endpoint = self.hello.get("pub_endpoint")
+        if not isinstance(endpoint, str):
+            raise WorkerError("the feed's register reply carries no pub_endpoint")
+        check_endpoint(endpoint, curve=self._curve_server_key is not None)
+        sub = self._context.socket(zmq.SUB)
+        sub.linger = 0
+        if self._curve_server_key is not None:
+            apply_curve_client(sub, self._curve_server_key, None)
+        for prefix in self.topic_prefixes():
+            sub.subscribe(prefix)
+        sub.connect(endpoint)
+        self._sub = sub
+
+    def _attach(self, kind: str) -> None:
+        prefix = self.hello.get("shm_prefix")
+        if not isinstance(prefix, str):
+            raise WorkerError(f"{kind} wanted but the feed's register reply has no shm_prefix")
+        reader = _attach_shm(prefix, kind, self._shm_timeout)
+        self._readers[kind] = reader
+        self._cursors[kind] = 0
+
+    def _poll_shm(self, kind: str, reader: ShmReader) -> int:
+        records, cursor, overrun = reader.since(self._cursors[kind])
+        self._cursors[kind] = cursor
+        if overrun:
+            self.shm_overruns += overrun
+        if not len(records):
+            return 0
+        codes = reader.codes
+        wanted = set(self.symbols)
+        hook = self.on_ticker if kind == "ticker" else self.on_orderbook
+        seen: set[int] = set()
+        newest: list[tuple[str, Any]] = []
+        for record in records[::-1]:
+            symbol = int(record["symbol"])
+            if symbol in seen:
+                continue
+            seen.add(symbol)
+            code = _code_of(codes, symbol)
+            if code in wanted:
+                newest.append((code, record))
+        for code, record in reversed(newest):
+            hook(code, record)
+        return len(newest)
+
+    def _renew(self) -> None:
+        assert self._control is not None
+        try:
+            self._control.renew(self.worker_id, gaps=self.gaps, received=self.received)
+        except ControlTimeout as exc:
+            log.warning("event=renew_timeout worker_id=%s error=%s", self.worker_id, exc)
+        except ControlRequestError as exc:
+            if exc.name != UnknownWorker.name:
+                raise
+            # Our lease expired or the feed restarted: ask again for what we need.
+            log.warning("event=lease_lost worker_id=%s action=register", self.worker_id)
+            self._reregister()
+
+    def _reregister(self) -> None:
+        old_endpoint = self.hello.get("pub_endpoint")
+        try:
+            self._register()
+        except WorkerError as exc:
+            log.warning("event=reregister_failed worker_id=%s error=%s", self.worker_id, exc)
+            return
+        if self.hello.get("pub_endpoint") != old_endpoint and self._sub is not None:
+            self._sub.close(0)
+            self._sub = None
+            self._last_seq.clear()
+            self._connect_bus()
+
+    def close(self) -> None:
+        """Unregister and release sockets and shm readers; safe to call twice."""
+        if self._registered and self._control is not None:
+            self._registered = False
+            try:
+                self._control.unregister(self.worker_id)
+            except (ControlTimeout, ControlRequestError) as exc:
+                log.warning("event=unregister_failed worker_id=%s error=%s", self.worker_id, exc)
+        if self._sub is not None:
+            self._sub.close(0)
+            self._sub = None
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        for kind, reader in list(self._readers.items()):
+            try:
+                reader.close()
+            finally:
+                del self._readers[kind]
+        log.info(
+            "event=worker_closed worker_id=%s received=%d gaps=%d decode_errors=%d",
+            self.worker_id,
+            self.received,
+            self.gaps,
+            self.decode_errors,
+        )
+
+
+def _code_of(codes: Any, symbol: int) -> str | None:
+    """The market code of a symbol id, from a reader's ``codes`` (sequence or mapping)."""
+    if isinstance(codes, dict):
+        for code, sid in codes.items():
+            if sid == symbol:
+                return str(code)
+        return None
+    if 0 <= symbol < len(codes):
+        return str(codes[symbol])
+    return None
