@@ -686,10 +686,17 @@ def _scrub(message: str, credentials: Credentials | None) -> str:
     return message
 
 
-def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: str | Path,
+    environ: Mapping[str, str] | None = None,
+    *,
+    require_credentials: bool = True,
+) -> Settings:
     """Read the YAML file, apply ``UPFEED__SECTION__KEY`` overrides and validate.
 
     Raises :class:`ConfigError` with one message naming the file and the key path.
+    ``require_credentials=False`` is for processes that read the feed's settings (for
+    its endpoints, say) but never connect to the private stream themselves.
     """
     env = os.environ if environ is None else environ
     source = str(path)
@@ -728,7 +735,7 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         # Whatever this process logs from now on, these values render as ***.
         register_secret(credentials.access_key)
         register_secret(credentials.secret_key)
-    if credentials is None:
+    if credentials is None and require_credentials:
         for index, entry in enumerate(settings.subscriptions):
             if entry.type in PRIVATE_TYPES:
                 raise _error(
@@ -739,10 +746,15 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
     return settings
 
 
-def load_settings_or_exit(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings_or_exit(
+    path: str | Path,
+    environ: Mapping[str, str] | None = None,
+    *,
+    require_credentials: bool = True,
+) -> Settings:
     """:func:`load_settings`, or ``error: <message>`` on stderr and exit status 2."""
     try:
-        return load_settings(path, environ)
+        return load_settings(path, environ, require_credentials=require_credentials)
     except ConfigError as exc:
         _exit_with(str(exc))
 

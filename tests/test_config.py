@@ -435,6 +435,10 @@ def test_private_types_need_api_keys(tmp_path):
     assert s.private_types == ("myOrder",)
     path = write(tmp_path, "subscriptions:\n  - {type: myAsset}\n")
     assert "subscriptions[0].type: myAsset needs API keys" in config_error(path)
+    # A process that only reads the feed's endpoints does not need the keys.
+    reader = load_settings(path, {}, require_credentials=False)
+    assert reader.credentials is None
+    assert reader.private_types == ("myAsset",)
 
 
 def test_half_set_api_keys_are_an_error_without_the_value(tmp_path):
