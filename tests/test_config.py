@@ -134,6 +134,12 @@ def test_shipped_feedhandler_yaml_spells_out_every_key():
         assert set(data[section]) == set(field.annotation.model_fields), section
 
 
+def test_shipped_feedhandler_yaml_shows_the_defaults():
+    # Its header says every key shows its default; only the subscriptions are a choice.
+    shipped = load_settings(SHIPPED[0], {}).model_dump(exclude={"subscriptions"})
+    assert shipped == Settings().model_dump(exclude={"subscriptions"})
+
+
 def test_shipped_demo_yaml_targets_the_simulator_and_resolves_all():
     s = load_settings(SHIPPED[1], {})
     assert s.upbit.public_url == "ws://127.0.0.1:28765/websocket/v1"
