@@ -114,6 +114,40 @@ def forget_secret(value: str) -> None:
     REDACTOR.forget(value)
 
 
+class RedactionFilter(logging.Filter):
+    """Redacts records for handlers that do not use this module's formatters.
+
+    Attach it to a handler (a file handler, a test's capture handler): the message is
+    rendered and redacted once, and secret-named or secret-valued fields are masked, so
+    any formatter downstream only sees clean text. The record is modified in place.
+    """
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        super().__init__()
+        self._redactor = REDACTOR if redactor is None else redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self._redactor.redact(record.getMessage())
+        record.args = None
+        fields: dict[str, object] | None = getattr(record, FIELDS_ATTR, None)
+        if fields:
+            setattr(
+                record,
+                FIELDS_ATTR,
+                {
+                    name: MASK
+                    if is_secret_field(name)
+                    else (self._redactor.redact(value) if isinstance(value, str) else value)
+                    for name, value in fields.items()
+                },
+            )
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._redactor.redact(record.exc_text)
+        return True
+
+
 class _Timestamps:
     """ISO-8601 UTC timestamps with microseconds; the date part is built once a second."""
 

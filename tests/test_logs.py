@@ -13,6 +13,7 @@ from feedhandler.logs import (
     MASK,
     EventLogger,
     RateLimitedLog,
+    RedactionFilter,
     Redactor,
     configure_logging,
     get_logger,
@@ -419,3 +420,37 @@ def test_preformatted_key_value_messages_become_fields(root_logging):
             assert reduced["source"] == "ws:rate"
             assert auth["level_"] == 3
         assert "abc.def.ghi" not in stream.getvalue()
+
+
+def test_redaction_filter_cleans_records_for_foreign_handlers():
+    redactor = Redactor()
+    redactor.register(API_SECRET)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    handler.addFilter(RedactionFilter(redactor))
+    captured: list[logging.LogRecord] = []
+    spy = logging.Handler()
+    spy.emit = captured.append  # type: ignore[method-assign]
+    spy.addFilter(RedactionFilter(redactor))
+    logger = logging.getLogger("feedhandler.foreign")
+    logger.addHandler(handler)
+    logger.addHandler(spy)
+    old_level, logger.level = logger.level, logging.INFO
+    try:
+        logger.info("auth with %s", API_SECRET)
+        get_logger("feedhandler.foreign").info("signed", secret_key="plain", note=API_SECRET, n=1)
+        try:
+            raise RuntimeError(API_SECRET)
+        except RuntimeError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+        logger.removeHandler(spy)
+        logger.level = old_level
+    text = stream.getvalue()
+    assert API_SECRET not in text
+    assert "INFO feedhandler.foreign auth with ***" in text
+    assert "RuntimeError: ***" in text
+    fields = captured[1].upfeed_fields
+    assert fields == {"secret_key": MASK, "note": MASK, "n": 1}
