@@ -1,10 +1,13 @@
 """Structured logs on the stdlib ``logging`` module: one line per event, never a secret.
 
 Lines are ``ts=... level=... logger=... event=... key=value ...`` (values with spaces
-quoted) or JSON objects. Fields travel on the record, so third-party loggers keep working
-and render with the same prefix. Secrets are removed twice: fields whose name looks
-secret render as ``***``, and every value registered with :func:`register_secret` (API
-keys, live JWTs) is replaced by ``***`` wherever it appears in a finished line.
+quoted) or JSON objects. Fields travel on the record (:func:`log_event`,
+:class:`EventLogger`); plain ``logging`` calls whose message already reads
+``name key=value ...`` are split into the same fields, and any other message (from
+third-party libraries) becomes the event text. Secrets are removed three ways: fields
+whose name looks secret render as ``***``; every value registered with
+:func:`register_secret` (API keys, live JWTs) is replaced by ``***`` wherever it appears
+in a finished line; and ``Bearer`` tokens and JWT-shaped strings are masked on sight.
 """
 
 from __future__ import annotations
