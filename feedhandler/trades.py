@@ -1,0 +1,324 @@
+"""Trades: de-duplication by sequential_id, gap buffering and REST backfill.
+
+After a connection gap (drop, stall) every trade code of that connection enters the
+*gap* state: live trades are buffered from then on. Once the connection is subscribed
+again and the first live trade of the code arrives (Upbit sends the newest trade as a
+SNAPSHOT first), the code is queued for backfill: REST ``/v1/trades/ticks`` is paged
+backwards to the last trade seen before the gap, and the missed trades plus the
+buffered live ones are published merged by trade time, each ``sequential_id`` once.
+Backfill that fails is published as a ``sys.gap`` event: a loss is never silent.
+``sequential_id`` is used for identity only, never for order (SPEC.md section 10).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import orjson
+
+from feedhandler.rest import RestClient, RestError, RestTrade
+
+log = logging.getLogger("feedhandler.trades")
+
+# publish(code, data_json, recv_ns, origin_ns, backfill)
+PublishTrade = Callable[[str, bytes, int, int, bool], None]
+# publish_sys(event, fields)
+PublishSys = Callable[[str, dict[str, object]], None]
+
+DEDUP_WINDOW = 20_000
+MAX_BUFFERED = 200_000
+
+
+@dataclass(slots=True)
+class LiveTrade:
+    """A live trade kept while its code waits for backfill."""
+
+    sequential_id: int
+    trade_timestamp: int
+    data_json: bytes
+    recv_ns: int
+    origin_ns: int
+
+
+@dataclass(slots=True)
+class _CodeState:
+    last_sid: int | None = None
+    last_timestamp: int | None = None
+    recent: set[int] = field(default_factory=set)
+    order: deque[int] = field(default_factory=deque)
+    gap_anchor: tuple[int, int] | None = None  # (sid, timestamp) of the last trade before a gap
+    in_gap: bool = False
+    resubscribed: bool = False
+    queued: bool = False
+    buffer: list[LiveTrade] = field(default_factory=list)
+    overflowed: int = 0
+
+    def remember(self, sid: int) -> bool:
+        """Record ``sid``; False if it was seen already."""
+        if sid in self.recent:
+            return False
+        self.recent.add(sid)
+        self.order.append(sid)
+        if len(self.order) > DEDUP_WINDOW:
+            self.recent.discard(self.order.popleft())
+        return True
+
+
+def rest_trade_json(trade: RestTrade) -> bytes:
+    """A REST trade as the WebSocket trade object (DEFAULT names, exact decimal strings)."""
+    price = Decimal(trade.trade_price)
+    prev = Decimal(trade.prev_closing_price)
+    change = "RISE" if price > prev else "FALL" if price < prev else "EVEN"
+    return orjson.dumps(
+        {
+            "type": "trade",
+            "code": trade.market,
+            "trade_price": trade.trade_price,
+            "trade_volume": trade.trade_volume,
+            "ask_bid": trade.ask_bid,
+            "prev_closing_price": trade.prev_closing_price,
+            "change": change,
+            "change_price": format(abs(price - prev), "f"),
+            "trade_date": trade.trade_date_utc,
+            "trade_time": trade.trade_time_utc,
+            "trade_timestamp": trade.timestamp,
+            "timestamp": trade.timestamp,
+            "sequential_id": trade.sequential_id,
+            "stream_type": "REALTIME",
+        }
+    )
+
+
+class TradeSequencer:
+    """Per-code trade state shared by the connection threads and the backfill thread."""
+
+    def __init__(self, publish: PublishTrade, publish_sys: PublishSys) -> None:
+        self._publish = publish
+        self._publish_sys = publish_sys
+        self._lock = threading.Lock()
+        self._codes: dict[str, _CodeState] = {}
+        self.jobs: queue.Queue[str] = queue.Queue(maxsize=10_000)
+        self.duplicates = 0
+        self.published = 0
+        self.backfilled = 0
+        self.gaps_reported = 0
+
+    def _state(self, code: str) -> _CodeState:
+        state = self._codes.get(code)
+        if state is None:
+            state = self._codes[code] = _CodeState()
+        return state
+
+    # -- called by connection threads ------------------------------------------------
+
+    def on_live(
+        self, code: str, sid: int, timestamp: int, data_json: bytes, recv_ns: int, origin_ns: int
+    ) -> None:
+        with self._lock:
+            state = self._state(code)
+            if state.in_gap:
+                if len(state.buffer) >= MAX_BUFFERED:
+                    state.overflowed += 1
+                else:
+                    state.buffer.append(LiveTrade(sid, timestamp, data_json, recv_ns, origin_ns))
+                if state.resubscribed and not state.queued:
+                    self._enqueue(code, state)
+                return
+            if not state.remember(sid):
+                self.duplicates += 1
+                return
+            state.last_sid, state.last_timestamp = sid, timestamp
+            self.published += 1
+            self._publish(code, data_json, recv_ns, origin_ns, False)
+
+    def on_gap(self, codes: Iterable[str]) -> None:
+        """A connection carrying these trade codes lost data flow."""
+        with self._lock:
+            for code in codes:
+                state = self._state(code)
+                if state.in_gap:
+                    state.resubscribed = False
+                    continue
+                if state.last_sid is None or state.last_timestamp is None:
+                    continue  # nothing received yet: there is no gap to fill
+                state.in_gap = True
+                state.resubscribed = False
+                state.gap_anchor = (state.last_sid, state.last_timestamp)
+
+    def on_resubscribed(self, codes: Iterable[str]) -> None:
+        """The connection sent its subscription again; trades will flow."""
+        with self._lock:
+            for code in codes:
+                state = self._codes.get(code)
+                if state is not None and state.in_gap:
+                    state.resubscribed = True
+                    if state.buffer and not state.queued:
+                        self._enqueue(code, state)
+
+    def flush_quiet(self, codes: Iterable[str]) -> None:
+        """Queue backfill for gap codes that stayed silent since resubscribing."""
+        with self._lock:
+            for code in codes:
+                state = self._codes.get(code)
+                if state is not None and state.in_gap and state.resubscribed and not state.queued:
+                    self._enqueue(code, state)
+
+    def _enqueue(self, code: str, state: _CodeState) -> None:
+        try:
+            self.jobs.put_nowait(code)
+            state.queued = True
+        except queue.Full:
+            log.error("event=backfill_queue_full code=%s", code)
+
+    # -- called by the backfill thread -----------------------------------------------
+
+    def anchor(self, code: str) -> tuple[int, int] | None:
+        with self._lock:
+            state = self._codes.get(code)
+            return None if state is None else state.gap_anchor
+
+    def complete(self, code: str, missed: list[RestTrade] | None, error: str | None) -> None:
+        """Publish ``missed`` (newest first, as REST answers) merged with the buffer.
+
+        ``missed`` None means the backfill failed: the gap is reported, the buffer flushed.
+        """
+        with self._lock:
+            state = self._state(code)
+            anchor = state.gap_anchor
+            buffer, state.buffer = state.buffer, []
+            overflowed, state.overflowed = state.overflowed, 0
+            state.in_gap = state.queued = state.resubscribed = False
+            state.gap_anchor = None
+            if missed is None or overflowed:
+                self.gaps_reported += 1
+                self._publish_sys(
+                    "gap",
+                    {
+                        "code": code,
+                        "after_sequential_id": None if anchor is None else anchor[0],
+                        "after_timestamp": None if anchor is None else anchor[1],
+                        "reason": error or f"{overflowed} live trades dropped while buffering",
+                    },
+                )
+            live_sids = {t.sequential_id for t in buffer}
+            rest_only = [
+                t
+                for t in reversed(missed or [])
+                if t.sequential_id not in live_sids and t.sequential_id not in state.recent
+            ]
+            merged = _merge_by_time(rest_only, buffer)
+            now_ns = time.time_ns()
+            for item in merged:
+                if isinstance(item, LiveTrade):
+                    if not state.remember(item.sequential_id):
+                        self.duplicates += 1
+                        continue
+                    state.last_sid, state.last_timestamp = item.sequential_id, item.trade_timestamp
+                    self.published += 1
+                    self._publish(code, item.data_json, item.recv_ns, item.origin_ns, False)
+                else:
+                    if not state.remember(item.sequential_id):
+                        self.duplicates += 1
+                        continue
+                    state.last_sid, state.last_timestamp = item.sequential_id, item.timestamp
+                    self.published += 1
+                    self.backfilled += 1
+                    self._publish(code, rest_trade_json(item), now_ns, 0, True)
+            if rest_only:
+                self._publish_sys("backfill", {"code": code, "trades": len(rest_only)})
+
+    def status(self) -> dict[str, object]:
+        with self._lock:
+            return {
+                "codes": len(self._codes),
+                "in_gap": sorted(c for c, s in self._codes.items() if s.in_gap),
+                "published": self.published,
+                "duplicates_dropped": self.duplicates,
+                "backfilled": self.backfilled,
+                "gaps_reported": self.gaps_reported,
+            }
+
+
+def _merge_by_time(rest_oldest_first: list[RestTrade], live: list[LiveTrade]) -> list:
+    out: list[RestTrade | LiveTrade] = []
+    i = j = 0
+    while i < len(rest_oldest_first) and j < len(live):
+        if rest_oldest_first[i].timestamp <= live[j].trade_timestamp:
+            out.append(rest_oldest_first[i])
+            i += 1
+        else:
+            out.append(live[j])
+            j += 1
+    out.extend(rest_oldest_first[i:])
+    out.extend(live[j:])
+    return out
+
+
+def fetch_missed(
+    rest: RestClient, code: str, anchor: tuple[int, int], *, page_size: int, max_pages: int
+) -> list[RestTrade]:
+    """Trades newer than ``anchor`` (sid, timestamp), newest first.
+
+    Pages backwards until the anchor trade itself or an older trade shows up. Raises
+    RestError when the history runs out of pages before reaching the anchor.
+    """
+    anchor_sid, anchor_ts = anchor
+    missed: list[RestTrade] = []
+    cursor: int | None = None
+    for _ in range(max_pages):
+        page = rest.trades(code, count=page_size, cursor=cursor)
+        for trade in page:
+            if trade.sequential_id == anchor_sid or trade.timestamp < anchor_ts:
+                return missed
+            missed.append(trade)
+        if len(page) < page_size:
+            return missed
+        cursor = page[-1].sequential_id
+    raise RestError("/v1/trades/ticks", 200, f"{code}: gap longer than {max_pages} pages")
+
+
+class Backfiller(threading.Thread):
+    """Runs queued backfills one at a time, within the REST rate limits."""
+
+    def __init__(
+        self,
+        sequencer: TradeSequencer,
+        rest: RestClient,
+        stop: threading.Event,
+        *,
+        page_size: int = 500,
+        max_pages: int = 20,
+    ) -> None:
+        super().__init__(name="backfill", daemon=True)
+        self._sequencer = sequencer
+        self._rest = rest
+        self._stop_event = stop
+        self._page_size = page_size
+        self._max_pages = max_pages
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                code = self._sequencer.jobs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            anchor = self._sequencer.anchor(code)
+            if anchor is None:
+                self._sequencer.complete(code, [], None)
+                continue
+            try:
+                missed = fetch_missed(
+                    self._rest, code, anchor, page_size=self._page_size, max_pages=self._max_pages
+                )
+            except RestError as exc:
+                log.warning("event=backfill_failed code=%s error=%r", code, str(exc))
+                self._sequencer.complete(code, None, str(exc))
+                continue
+            self._sequencer.complete(code, missed, None)
