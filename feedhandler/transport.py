@@ -291,9 +291,12 @@ class WsTransport:
         self._close_socket()
 
     def _abort(self, code: int, reason: str) -> ConnectionClosed:
-        self._closed = ConnectionClosed(code, reason)
+        # The first cause wins: a sender thread's failure closes the socket under the
+        # receiver, whose read then fails too.
+        if self._closed is None:
+            self._closed = ConnectionClosed(code, reason)
+            log.info("event=ws_connection_lost code=%d reason=%r", code, reason)
         self._close_socket()
-        log.info("event=ws_connection_lost code=%d reason=%r", code, reason)
         return self._closed
 
     # ---- sending ----------------------------------------------------------------------
