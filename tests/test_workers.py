@@ -10,7 +10,9 @@ import threading
 import time
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import orjson
 import pytest
 import zmq
@@ -169,14 +171,23 @@ def feed(run_dir, ctx):
     )
     publisher = Publisher(f"ipc://{run_dir}/pub.sock", context=ctx)
     hellos = []
+    hello_info = {"pub_endpoint": publisher.endpoint, "shm_prefix": "upfeed-test-none"}
 
     def hello():
         hellos.append(time.monotonic())
-        return {"pub_endpoint": publisher.endpoint, "shm_prefix": "upfeed-test-none"}
+        return dict(hello_info)
 
     server = ControlServer(f"ipc://{run_dir}/ctl.sock", registry=registry, hello=hello, context=ctx)
     server.start()
-    yield publisher, server, registry, expired, hellos, changes
+    yield SimpleNamespace(
+        publisher=publisher,
+        server=server,
+        registry=registry,
+        expired=expired,
+        hellos=hellos,
+        changes=changes,
+        hello_info=hello_info,
+    )
     server.stop()
     publisher.close()
 
@@ -212,7 +223,10 @@ def warm_up(send_sys, lines: ChildLines, timeout=10.0):
 
 
 def test_worker_process_gets_every_trade_in_order_and_unregisters_on_sigterm(feed, run_dir):
-    publisher, server, registry, expired, _, _ = feed
+    publisher = feed.publisher
+    server = feed.server
+    registry = feed.registry
+    expired = feed.expired
     proc = spawn_worker(
         "tests.test_workers:RecordingWorker",
         "KRW-BTC,KRW-ETH",
@@ -321,7 +335,10 @@ def test_worker_detects_an_injected_seq_gap_and_reports_it_on_renew(run_dir, ctx
 
 
 def test_sigkilled_worker_loses_its_lease_and_the_union_shrinks(feed, run_dir):
-    _, server, registry, expired, _, changes = feed
+    server = feed.server
+    registry = feed.registry
+    expired = feed.expired
+    changes = feed.changes
     registry.register("config", [Subscription("trade", ("KRW-ETH",))], 3600)
     proc = spawn_worker(
         "tests.test_workers:RecordingWorker",
@@ -348,7 +365,9 @@ def test_sigkilled_worker_loses_its_lease_and_the_union_shrinks(feed, run_dir):
 
 
 def test_supervisor_restarts_a_crashing_worker_then_gives_up(feed):
-    _, server, registry, _, hellos, _ = feed
+    server = feed.server
+    registry = feed.registry
+    hellos = feed.hellos
     supervisor = Supervisor(
         [WorkerSpec("tests.test_workers:CrashingWorker", ("KRW-BTC",), name="crasher")],
         control_endpoint=server.endpoint,
@@ -367,7 +386,9 @@ def test_supervisor_restarts_a_crashing_worker_then_gives_up(feed):
 
 
 def test_supervisor_stop_terminates_workers_cleanly(feed):
-    _, server, registry, expired, _, _ = feed
+    server = feed.server
+    registry = feed.registry
+    expired = feed.expired
     supervisor = Supervisor(
         [WorkerSpec("tests.test_workers:RecordingWorker", ("KRW-BTC",), name="steady")],
         control_endpoint=server.endpoint,
@@ -469,3 +490,175 @@ def test_events_decode_real_samples_exactly_from_numbers_and_strings(sample, dec
         assert as_numbers.data.assets[0].balance == Decimal("1386929.37231066771348207123")
     else:
         assert as_strings.data == as_numbers.data
+
+
+# ------------------------------------------------------------------ examples
+
+
+class RunningWorker:
+    """A worker running on a thread of the test process, stopped and joined on exit."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            self.worker.run(self.stop, duration=60)
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def __enter__(self):
+        self.thread.start()
+        return self.worker
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "worker thread did not stop"
+        assert self.error is None, self.error
+
+
+def warm_up_in_process(publisher, worker, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while worker.received == 0:
+        assert time.monotonic() < deadline, "the worker never joined the bus"
+        publisher.publish_sys("warmup", {})
+        time.sleep(0.02)
+
+
+def test_trade_flow_vwap_and_sides_are_exact(feed, ctx):
+    from workers.examples.vwap import TradeFlow
+
+    publisher = feed.publisher
+    server = feed.server
+    registry = feed.registry
+    flow = TradeFlow(["KRW-BTC", "KRW-ETH"], control_endpoint=server.endpoint, context=ctx)
+    trades = [("KRW-BTC", "100.1", "0.3", "BID"), ("KRW-BTC", "100.2", "0.1", "ASK")]
+    trades += [("KRW-ETH", "7.5E3", "2", "BID"), ("KRW-BTC", "99.9", "0.00000001", "BID")]
+    with RunningWorker(flow):
+        warm_up_in_process(publisher, flow)
+        for i, (code, price, volume, side) in enumerate(trades):
+            data = orjson.loads(trade_json(code, i))
+            data.update(trade_price=price, trade_volume=volume, ask_bid=side)
+            publisher.publish(f"trade.{code}".encode(), orjson.dumps(data), time.time_ns())
+        wait_until(lambda: sum(f.trades for f in flow.flows.values()) == 4, what="4 trades")
+        assert "TradeFlow" in registry.workers()[0]["worker_id"]
+    btc = flow.flows["KRW-BTC"]
+    notional = Decimal("100.1") * Decimal("0.3") + Decimal("100.2") * Decimal("0.1")
+    notional += Decimal("99.9") * Decimal("0.00000001")
+    assert btc.volume == Decimal("0.40000001")
+    assert btc.vwap == notional / Decimal("0.40000001")
+    assert (btc.buy_volume, btc.sell_volume) == (Decimal("0.30000001"), Decimal("0.1"))
+    assert flow.flows["KRW-ETH"].vwap == Decimal(7500)
+    assert "KRW-BTC n=3" in flow.summary()
+    assert len(registry) == 0
+
+
+def test_latency_probe_measures_from_origin_or_recv_stamps(feed, ctx):
+    from workers.examples.latency import LatencyProbe
+
+    publisher = feed.publisher
+    server = feed.server
+    now_ns = 5_000_000_000
+
+    class FixedClockProbe(LatencyProbe):
+        clock_ns = staticmethod(lambda: now_ns)
+
+    probe = FixedClockProbe(["KRW-BTC"], control_endpoint=server.endpoint, context=ctx)
+    with RunningWorker(probe):
+        warm_up_in_process(publisher, probe)
+        # 99 trades stamped by the upstream 10..990 us ago, one with only a feed stamp.
+        for i in range(1, 100):
+            origin = now_ns - i * 10_000
+            publisher.publish(b"trade.KRW-BTC", trade_json("KRW-BTC", i), origin + 1, origin)
+        publisher.publish(b"trade.KRW-BTC", trade_json("KRW-BTC", 100), now_ns - 2_000_000)
+        wait_until(lambda: len(probe.samples_ns) == 100, what="100 latency samples")
+    stats = probe.percentiles()
+    assert (probe.from_origin, probe.from_recv) == (99, 1)
+    assert stats["n"] == 100
+    assert stats["max_us"] == 2000.0
+    expected = np.percentile([*(i * 10 for i in range(1, 100)), 2000], [50, 99])
+    assert stats["p50_us"] == pytest.approx(expected[0])
+    assert stats["p99_us"] == pytest.approx(expected[1])
+    assert probe.summary().startswith("latency n=100 p50=")
+
+
+class Book:
+    """The attribute shape the shm writer reads (a decoded orderbook message)."""
+
+    def __init__(self, code, levels, timestamp=1):
+        self.code = code
+        self.orderbook_units = [
+            _Unit(bid_price=b, bid_size=1.0, ask_price=a, ask_size=2.0) for b, a in levels
+        ]
+        self.timestamp = timestamp
+        self.stream_type = "REALTIME"
+        self.total_ask_size = 2.0 * len(levels)
+        self.total_bid_size = 1.0 * len(levels)
+        self.level = None
+
+
+class _Unit:
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
+def test_spread_monitor_reads_order_books_from_shm(feed, ctx):
+    shm = pytest.importorskip("shm")
+    if not hasattr(shm, "attach") or not hasattr(shm, "OrderbookWriter"):
+        pytest.skip("shm.attach / shm.OrderbookWriter not available")
+    from workers.examples.spread import SpreadMonitor
+
+    server = feed.server
+    registry = feed.registry
+    prefix = f"upft-{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
+    writer = shm.OrderbookWriter(prefix, ["KRW-BTC", "KRW-ETH", "KRW-XRP"], capacity=64)
+    try:
+        # State written before the worker starts is handed over once at start.
+        writer.write_orderbook(Book("KRW-ETH", [(3000.0, 3002.0)]), 1)
+        feed.hello_info["shm_prefix"] = prefix
+        monitor = SpreadMonitor(
+            ["KRW-BTC", "KRW-ETH"], control_endpoint=server.endpoint, context=ctx
+        )
+        with RunningWorker(monitor):
+            wait_until(lambda: "KRW-ETH" in monitor.tops, what="the initial KRW-ETH book")
+            for i in range(200):
+                bid = 100_000.0 + i
+                writer.write_orderbook(Book("KRW-BTC", [(bid, bid + 10.0), (bid - 5, bid + 20)]), i)
+                writer.write_orderbook(Book("KRW-XRP", [(1.0, 1.1)]), i)
+            wait_until(
+                lambda: "KRW-BTC" in monitor.tops and monitor.tops["KRW-BTC"].bid == 100_199.0,
+                what="the last KRW-BTC book",
+            )
+            assert registry.desired() == [Subscription("orderbook", ("KRW-BTC.1", "KRW-ETH.1"))]
+        top = monitor.tops["KRW-BTC"]
+        assert (top.ask, top.mid, top.spread) == (100_209.0, 100_204.0, 10.0)
+        assert top.spread_bps == pytest.approx(10.0 / 100_204.0 * 1e4)
+        assert monitor.tops["KRW-ETH"].mid == 3001.0
+        assert "KRW-XRP" not in monitor.tops
+        assert monitor.updates <= 201, "updates are conflated to the newest book per poll"
+    finally:
+        writer.close()
+
+
+def test_example_runs_from_the_command_line_for_a_duration(feed, run_dir):
+    server = feed.server
+    registry = feed.registry
+    options = ("--duration", "1.2", "--control", server.endpoint, "--worker-id", "flow-cli")
+    proc = subprocess.run(
+        [*WORKERS_RUN, "workers.examples.vwap:TradeFlow", "--symbols", "KRW-BTC", *options],
+        cwd=REPO,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    summaries = [line for line in proc.stdout.decode().splitlines() if line.startswith("trades ")]
+    assert summaries, proc.stdout
+    assert summaries[-1] == "trades KRW-BTC n=0 vwap=- buy=0 sell=0"
+    assert b"event=worker_registered worker_id=flow-cli" in proc.stderr
+    assert "flow-cli" not in registry

@@ -69,7 +69,13 @@ class StopSignal(Protocol):
 class ShmReader(Protocol):
     """The part of ``shm.attach(...)``'s reader that a worker uses."""
 
-    codes: Any
+    @property
+    def codes(self) -> tuple[str, ...]: ...
+
+    @property
+    def head(self) -> int: ...
+
+    def latest(self, code: str) -> Any: ...
 
     def since(self, cursor: int) -> tuple[Any, int, int]: ...
 
@@ -84,7 +90,10 @@ def _attach_shm(prefix: str, kind: str, timeout: float) -> ShmReader:
     attach = getattr(shm, "attach", None)
     if attach is None:
         raise WorkerError(f"{kind} needs shm.attach, which this installation does not provide")
-    reader: ShmReader = attach(prefix, kind, timeout=timeout)
+    try:
+        reader: ShmReader = attach(prefix, kind, timeout=timeout)
+    except shm.ShmError as exc:
+        raise WorkerError(f"cannot attach the {kind} ring of prefix {prefix!r}: {exc}") from exc
     return reader
 
 
@@ -151,6 +160,8 @@ class Worker:
         self._sub: zmq.Socket | None = None
         self._readers: dict[str, ShmReader] = {}
         self._cursors: dict[str, int] = {}
+        self._pending: dict[str, list[tuple[str, Any]]] = {}
+        self._wanted = frozenset(self.symbols)
         self._last_seq: dict[bytes, int] = {}
         self._routes: dict[bytes, tuple[msgspec.json.Decoder, Callable[[Any], None]]] = {}
         self._registered = False
@@ -376,31 +387,42 @@ class Worker:
             raise WorkerError(f"{kind} wanted but the feed's register reply has no shm_prefix")
         reader = _attach_shm(prefix, kind, self._shm_timeout)
         self._readers[kind] = reader
-        self._cursors[kind] = 0
+        # Start from now, and hand over the current state of each symbol once.
+        self._cursors[kind] = reader.head
+        known = set(reader.codes)
+        self._pending[kind] = [
+            (code, record)
+            for code in self.symbols
+            if code in known and (record := reader.latest(code)) is not None
+        ]
 
     def _poll_shm(self, kind: str, reader: ShmReader) -> int:
+        hook = self.on_ticker if kind == "ticker" else self.on_orderbook
+        pending = self._pending.pop(kind, None)
+        if pending:
+            for code, record in pending:
+                hook(code, record)
         records, cursor, overrun = reader.since(self._cursors[kind])
         self._cursors[kind] = cursor
         if overrun:
             self.shm_overruns += overrun
         if not len(records):
-            return 0
+            return len(pending or ())
         codes = reader.codes
-        wanted = set(self.symbols)
-        hook = self.on_ticker if kind == "ticker" else self.on_orderbook
+        wanted = self._wanted
         seen: set[int] = set()
         newest: list[tuple[str, Any]] = []
+        # Newest first, so each symbol's latest record wins; delivered oldest first.
         for record in records[::-1]:
             symbol = int(record["symbol"])
             if symbol in seen:
                 continue
             seen.add(symbol)
-            code = _code_of(codes, symbol)
-            if code in wanted:
-                newest.append((code, record))
+            if symbol < len(codes) and codes[symbol] in wanted:
+                newest.append((codes[symbol], record))
         for code, record in reversed(newest):
             hook(code, record)
-        return len(newest)
+        return len(newest) + len(pending or ())
 
     def _renew(self) -> None:
         assert self._control is not None
@@ -454,15 +476,3 @@ class Worker:
             self.gaps,
             self.decode_errors,
         )
-
-
-def _code_of(codes: Any, symbol: int) -> str | None:
-    """The market code of a symbol id, from a reader's ``codes`` (sequence or mapping)."""
-    if isinstance(codes, dict):
-        for code, sid in codes.items():
-            if sid == symbol:
-                return str(code)
-        return None
-    if 0 <= symbol < len(codes):
-        return str(codes[symbol])
-    return None
