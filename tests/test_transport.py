@@ -15,6 +15,7 @@ import queue
 import random
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -537,3 +538,57 @@ def test_close_without_an_answer_returns_none() -> None:
     assert transport.close(1000, "bye", timeout=0.3) is None
     (sent,) = server.result()
     assert (sent.opcode, sent.data) == (Opcode.CLOSE, b"\x03\xe8bye")
+
+
+def test_declined_compression_reads_plain_frames(ws_server: Any) -> None:
+    server = ws_server(stream_json, compression=None)
+    transport = WsTransport.connect(server.url(), timeout=TIMEOUT, compression=True)
+    headers = {k.lower(): v for k, v in server.event("headers").items()}
+    assert headers["sec-websocket-extensions"].startswith("permessage-deflate")
+    assert transport.deflate is False
+    received, closed = receive_until_closed(transport)
+    assert len(received) == 50 and closed.code == 1000
+
+
+def test_unoffered_extension_in_the_response_is_refused() -> None:
+    def script(conn: socket.socket, request: bytes) -> bytes:
+        response = upgrade_response(request)
+        conn.sendall(response[:-2] + b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+        return read_until_eof(conn)
+
+    server = RawServer(script)
+    with pytest.raises(WsConnectError, match="unoffered extension"):
+        WsTransport.connect(server.url, timeout=TIMEOUT)
+    assert server.result() == b""
+
+
+def test_invalid_close_code_from_the_server_is_a_protocol_error() -> None:
+    def script(conn: socket.socket, request: bytes) -> list[Frame]:
+        conn.sendall(upgrade_response(request) + build_frame(0x8, b"\x03\xee", mask_key=None))
+        return parse_client_frames(read_until_eof(conn))
+
+    server = RawServer(script)
+    transport = WsTransport.connect(server.url, timeout=TIMEOUT)
+    _, closed = receive_until_closed(transport)
+    assert closed.code == 1002 and "1006" in closed.reason
+    (reply,) = server.result()
+    assert int.from_bytes(reply.data[:2], "big") == 1002
+
+
+def test_send_after_the_peer_vanished_raises_connection_closed() -> None:
+    def script(conn: socket.socket, request: bytes) -> None:
+        conn.sendall(upgrade_response(request))
+        # An abortive close: the next client send meets a reset.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    server = RawServer(script)
+    transport = WsTransport.connect(server.url, timeout=TIMEOUT)
+    server.result()
+    with pytest.raises(ConnectionClosed) as info:
+        for _ in range(100):
+            transport.send_binary(b"x" * 10_000)
+            time.sleep(0.01)
+    assert info.value.code == 1006
+    assert transport.closed
+    with pytest.raises(ConnectionClosed):
+        transport.recv_messages(0.1)

@@ -511,3 +511,38 @@ def test_mask_is_its_own_inverse() -> None:
     assert masked != payload
     assert masked == bytes(b ^ key[i % 4] for i, b in enumerate(payload))
     assert mask_payload(masked, key) == payload
+
+
+def random_session(rng: random.Random) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """Random messages, randomly fragmented, with control frames between fragments."""
+    wire: list[bytes] = []
+    expect: list[tuple[int, bytes]] = []
+    for _ in range(rng.randint(1, 40)):
+        opcode = rng.choice((OP_TEXT, OP_BINARY))
+        size = rng.choice((0, 1, 125, 126, rng.randint(0, 3000), rng.randint(60_000, 70_000)))
+        payload = "가a".encode() * (size // 4) if opcode == OP_TEXT else rng.randbytes(size)
+        cuts = sorted(rng.randint(0, len(payload)) for _ in range(rng.choice((0, 0, 1, 3))))
+        pieces = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)], strict=True)]
+        for index, piece in enumerate(pieces):
+            last = index == len(pieces) - 1
+            wire.append(encode(OP_CONTINUATION if index else opcode, piece, fin=last))
+            if rng.random() < 0.3:
+                control = rng.choice((OP_PING, OP_PONG))
+                data = rng.randbytes(rng.randint(0, 125))
+                wire.append(encode(control, data))
+                if not last:
+                    expect.append((control, data))
+                else:
+                    expect.extend([(opcode, payload), (control, data)])
+                    break
+        else:
+            expect.append((opcode, payload))
+    return b"".join(wire), expect
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_sessions_in_random_chunks(seed: int) -> None:
+    rng = random.Random(seed)
+    data, expect = random_session(rng)
+    for mode in ("whole", "random", "recv_into"):
+        assert run(data, mode) == expect
