@@ -239,8 +239,8 @@ class FrameParser:
     """Client-side parser of server frames over a preallocated, bounded buffer.
 
     ``buffer_size`` is the resting size of the receive buffer. A frame bigger than it
-    grows the buffer (never beyond ``max_message_size`` plus a header); once the big
-    frame is consumed the buffer shrinks back. ``deflate`` enables RFC 7692 inflation
+    grows the buffer (to at most ``max_message_size`` + 14 + ``buffer_size // 4``);
+    once the big frame is consumed the buffer shrinks back. ``deflate`` enables RFC 7692 inflation
     when the handshake negotiated it.
     """
 
@@ -355,6 +355,10 @@ class FrameParser:
         elif start + max(need, pending) > cap or cap - end < cap // 2:
             self._buf[:pending] = self._view[start:end]
             self._start, self._end = 0, pending
+        if self._end == len(self._buf):
+            # Only reachable when complete frames were left unparsed; never hand out an
+            # empty buffer, which a recv_into would mistake for EOF.
+            self._reallocate(len(self._buf) + self._base_size // 4, self._start, self._end)
         return self._view[self._end :]
 
     def commit(self, nbytes: int) -> None:
@@ -364,18 +368,17 @@ class FrameParser:
         self._end += nbytes
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Copy ``data`` into the buffer (for callers that do not ``recv_into``)."""
-        offset = 0
+        """Copy ``data`` into the buffer (for callers that do not ``recv_into``).
+
+        The buffer grows to hold all of ``data``; it shrinks back once parsed.
+        """
         size = len(data)
-        while offset < size:
-            free = self.recv_buffer()
-            if len(free) == 0:
-                self._reallocate(len(self._buf) + size - offset, self._start, self._end)
-                free = self._view[self._end :]
-            chunk = min(len(free), size - offset)
-            free[:chunk] = data[offset : offset + chunk]
-            self._end += chunk
-            offset += chunk
+        free = self.recv_buffer()
+        if len(free) < size:
+            self._reallocate(self.buffered + size, self._start, self._end)
+            free = self._view[self._end :]
+        free[:size] = data
+        self._end += size
 
     def _reallocate(self, size: int, start: int, end: int) -> None:
         # A fresh buffer, not an in-place resize: views handed out earlier keep the old one.

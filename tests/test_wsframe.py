@@ -249,6 +249,17 @@ def test_buffer_grows_for_a_big_frame_and_shrinks_back() -> None:
     assert parser.capacity == 4096
 
 
+def test_recv_buffer_is_never_empty_even_with_unparsed_frames() -> None:
+    parser = FrameParser(buffer_size=4096)
+    frame = encode(OP_BINARY, b"q" * 1020)  # 1024 bytes: four fill the buffer exactly
+    for _ in range(5):
+        free = parser.recv_buffer()
+        assert len(free) > 0
+        free[: len(frame)] = frame
+        parser.commit(len(frame))
+    assert [bytes(p) for _, p in parser.messages()] == [b"q" * 1020] * 5
+
+
 def test_commit_beyond_the_free_space_is_refused() -> None:
     parser = FrameParser(buffer_size=4096)
     free = len(parser.recv_buffer())
