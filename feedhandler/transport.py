@@ -105,7 +105,6 @@ class WsTransport:
         self._sock: socket.socket = sock
         self._is_tls = isinstance(sock, ssl.SSLSocket)
         self._parser = parser
-        self._timeout = timeout
         self._clock = clock
         self._mask_key_source = mask_key_source
         self._send_lock = threading.Lock()
@@ -189,13 +188,16 @@ class WsTransport:
 
     @property
     def frames_received(self) -> int:
+        """Frames read so far, control and continuation frames included."""
         return self._parser.frames_received
 
     @property
     def closed(self) -> bool:
+        """True once the connection is over (closed, failed or lost)."""
         return self._closed is not None
 
     def fileno(self) -> int:
+        """The socket's descriptor, for a selector that watches several connections."""
         return self._sock.fileno()
 
     # ---- receiving --------------------------------------------------------------------
@@ -233,8 +235,7 @@ class WsTransport:
         try:
             batch = parser.messages()
         except WebSocketProtocolError as exc:
-            self._fail(exc)
-            raise self._closed from exc  # type: ignore[misc]
+            raise self._fail(exc) from exc
         if parser.control_frames != self._controls_seen:
             self._controls_seen = parser.control_frames
             batch = self._handle_controls(batch)
@@ -254,8 +255,10 @@ class WsTransport:
                 data.append(message)
             elif opcode == OP_PING:
                 self.stats.pings_received += 1
+                # A failed pong marks the connection closed; this batch is still returned.
                 if not self._close_sent:
-                    self._send_frame(OP_PONG, bytes(message[1]))
+                    with contextlib.suppress(ConnectionClosed):
+                        self._send_frame(OP_PONG, bytes(message[1]))
             elif opcode == OP_PONG:
                 self.stats.pongs_received += 1
                 self.last_pong_ns = self._clock()
@@ -277,10 +280,10 @@ class WsTransport:
         self._close_socket()
         log.info("event=ws_closed_by_server code=%d reason=%r", code, parser.close_reason)
 
-    def _fail(self, exc: WebSocketProtocolError) -> None:
+    def _fail(self, exc: WebSocketProtocolError) -> ConnectionClosed:
         """Fail the connection (RFC 6455 7.1.7): send a close with the error's code, drop TCP."""
         if self._closed is not None:
-            return
+            return self._closed
         self.stats.protocol_errors += 1
         log.warning("event=ws_protocol_error code=%d reason=%r", exc.code, exc.reason)
         if not self._close_sent:
@@ -289,6 +292,7 @@ class WsTransport:
                 self._send_frame(OP_CLOSE, build_close_payload(exc.code, exc.reason))
         self._closed = ConnectionClosed(exc.code, exc.reason)
         self._close_socket()
+        return self._closed
 
     def _abort(self, code: int, reason: str) -> ConnectionClosed:
         # The first cause wins: a sender thread's failure closes the socket under the
