@@ -38,7 +38,6 @@ import zmq.auth
 
 log = logging.getLogger(__name__)
 
-RUNTIME_DIR_ENV = "UPFEED_RUNTIME_DIR"
 # sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_IPC_PATH_BYTES = 107
 LOOPBACK_NAMES = frozenset({"localhost", "lo", "ip6-localhost"})
@@ -106,22 +105,6 @@ def _write_certificate(path: Path, public: bytes, secret: bytes | None) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write("\n".join(lines) + "\n")
-
-
-def default_runtime_dir() -> Path:
-    """``$UPFEED_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/upfeed``, else ``/tmp/upfeed-<uid>``."""
-    explicit = os.environ.get(RUNTIME_DIR_ENV)
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        return Path(xdg) / "upfeed"
-    return Path(f"/tmp/upfeed-{os.getuid()}")
-
-
-def default_endpoint(name: str) -> str:
-    """An ipc endpoint named ``name`` in the default runtime directory."""
-    return f"ipc://{default_runtime_dir() / name}"
 
 
 def ensure_runtime_dir(path: str | os.PathLike[str]) -> Path:
@@ -297,7 +280,6 @@ class Publisher:
         self._seqs: dict[bytes, int] = {}
         self._sent = 0
         self._dropped = 0
-        self._closed = False
         sock = self._context.socket(zmq.PUB)
         sock.linger = 0
         sock.sndhwm = sndhwm
@@ -307,14 +289,16 @@ class Publisher:
             sock.close(0)
             raise
         self._sock = sock
+        self._send = sock.send
+        self._closed = False
         self.curve_public_key = curve.public if curve else None
         log.info("event=publisher_bound endpoint=%s curve=%s", self.endpoint, curve is not None)
 
     def publish(self, topic: bytes, data_json: bytes, recv_ns: int, origin_ns: int = 0) -> int:
         """Send one event; returns the sequence number it took (also when dropped)."""
         with self._lock:
-            seq = self._seqs.get(topic, 0) + 1
-            self._seqs[topic] = seq
+            seqs = self._seqs
+            seq = seqs[topic] = seqs.get(topic, 0) + 1
             if origin_ns:
                 frame = b'%s {"seq":%d,"recv_ns":%d,"origin_ns":%d,"data":%s}' % (
                     topic,
@@ -326,7 +310,7 @@ class Publisher:
             else:
                 frame = b'%s {"seq":%d,"recv_ns":%d,"data":%s}' % (topic, seq, recv_ns, data_json)
             try:
-                self._sock.send(frame, zmq.NOBLOCK, copy=True)
+                self._send(frame, zmq.NOBLOCK)
             except zmq.Again:
                 self._dropped += 1
             else:

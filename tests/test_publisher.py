@@ -2,6 +2,7 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -265,3 +266,29 @@ def test_close_is_idempotent_and_releases_the_endpoint(run_dir, ctx):
     pub.close()
     with Publisher(endpoint, context=ctx) as again:
         assert again.endpoint == endpoint
+
+
+def test_concurrent_publishers_keep_each_topic_gapless_and_ordered(run_dir, ctx):
+    threads_n, per_thread = 4, 5000
+    with Publisher(f"ipc://{run_dir}/pub.sock", context=ctx) as pub:
+        sub = make_sub(ctx, pub.endpoint, b"trade.KRW-BTC ", rcvhwm=0)
+        wait_joined(pub, sub)
+        start = threading.Barrier(threads_n)
+
+        def publish_many():
+            start.wait(5)
+            for i in range(per_thread):
+                pub.publish(b"trade.KRW-BTC", b"{}", i)
+
+        workers = [threading.Thread(target=publish_many) for _ in range(threads_n)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(30)
+        seqs = [
+            orjson.loads(sub.recv().partition(b" ")[2])["seq"]
+            for _ in range(threads_n * per_thread)
+        ]
+        assert seqs == list(range(1, threads_n * per_thread + 1))
+        assert pub.stats()["dropped"] == 0
+        sub.close(0)

@@ -26,6 +26,7 @@ from workers.events import ASSET_DECODER, ORDER_DECODER, TRADE_DECODER
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = Path("/work/shared/upbit/samples")
 WORKERS_RUN = (sys.executable, "-m", "workers", "run")
+WORKERS_SUPERVISE = (sys.executable, "-m", "workers", "supervise")
 BIG_SEQUENTIAL_ID = 17303368620800007  # odd and > 2**53: a float would change it
 
 
@@ -662,3 +663,47 @@ def test_example_runs_from_the_command_line_for_a_duration(feed, run_dir):
     assert summaries[-1] == "trades KRW-BTC n=0 vwap=- buy=0 sell=0"
     assert b"event=worker_registered worker_id=flow-cli" in proc.stderr
     assert "flow-cli" not in registry
+
+
+def test_worker_registers_again_when_its_lease_is_lost(feed, ctx):
+    publisher = feed.publisher
+    registry = feed.registry
+    worker = RecordingWorker(
+        ["KRW-BTC"],
+        control_endpoint=feed.server.endpoint,
+        worker_id="phoenix",
+        lease_s=0.3,
+        context=ctx,
+    )
+    with RunningWorker(worker):
+        wait_until(lambda: "phoenix" in registry, what="registration")
+        registrations = len(feed.hellos)
+        # What the feed does when a lease runs out (or what a restarted feed knows).
+        registry.unregister("phoenix")
+        wait_until(lambda: "phoenix" in registry, what="the worker registering again")
+        assert len(feed.hellos) == registrations + 1
+        warm_up_in_process(publisher, worker)
+    assert "phoenix" not in registry
+
+
+def test_supervise_command_stops_its_workers_on_sigterm(feed, run_dir):
+    server = feed.server
+    registry = feed.registry
+    spec = "tests.test_workers:RecordingWorker=KRW-BTC,KRW-ETH@sup-a"
+    with open(run_dir / "stderr", "ab") as stderr:
+        proc = subprocess.Popen(
+            [*WORKERS_SUPERVISE, "--worker", spec, "--control", server.endpoint, "--lease", "30"],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        wait_until(lambda: "sup-a" in registry, what="the supervised worker to register")
+        (info,) = registry.workers()
+        assert info["pid"] != proc.pid, "the worker runs in its own process"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert "sup-a" not in registry
+        assert feed.expired == []
+    finally:
+        stop_process(proc)
