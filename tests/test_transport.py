@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import queue
 import random
 import socket
 import ssl
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -592,3 +594,18 @@ def test_send_after_the_peer_vanished_raises_connection_closed() -> None:
     assert transport.closed
     with pytest.raises(ConnectionClosed):
         transport.recv_messages(0.1)
+
+
+def test_receive_benchmark_runs_and_checks_every_byte() -> None:
+    """The bench itself verifies the byte count of every run; here it only has to finish."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.wsrecv", "--frames", "300", "--runs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    report = json.loads(result.stdout)
+    assert report["frames"] == 300
+    assert report["websocket_client"]["frames_per_s"] > 0
+    assert report["wstransport"]["frames_per_s"] > 0
