@@ -8,7 +8,9 @@ fast as the socket takes them. The same stream is received by
 * ``wstransport``: :meth:`feedhandler.transport.WsTransport.recv_messages` batches,
 
 alternating, several runs each; the best run of each counts (pyperf-style minimum on a
-noisy machine). Every run checks the received byte count. Prints one JSON object.
+noisy machine). Every run checks the received byte count. The parser alone, over the
+same bytes already in memory, is timed too (its share of the wstransport figure).
+Prints one JSON object.
 
     python -m bench.wsrecv [--frames N] [--runs R]
 """
@@ -31,7 +33,7 @@ from collections.abc import Callable
 import websocket
 
 from feedhandler.transport import WsTransport
-from feedhandler.wsframe import OP_CLOSE, build_close_payload, build_frame
+from feedhandler.wsframe import OP_BINARY, OP_CLOSE, FrameParser, build_close_payload, build_frame
 
 IO_TIMEOUT = 30.0
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -143,6 +145,25 @@ def receive_wstransport(url: str, frames: int) -> tuple[float, int]:
     return elapsed, size
 
 
+def parse_only(stream: bytes, frames: int) -> float:
+    """Seconds spent in FrameParser.messages() alone over the stream, no socket."""
+    parser = FrameParser()
+    source = memoryview(stream)
+    offset = received = 0
+    spent = 0.0
+    while received < frames:
+        free = parser.recv_buffer()
+        size = min(len(free), len(source) - offset)
+        free[:size] = source[offset : offset + size]
+        offset += size
+        parser.commit(size)
+        started = time.perf_counter()
+        batch = parser.messages()
+        spent += time.perf_counter() - started
+        received += sum(1 for opcode, _ in batch if opcode == OP_BINARY)
+    return spent
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.wsrecv", description=__doc__)
     parser.add_argument("--frames", type=int, default=100_000, help="frames per run")
@@ -162,10 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     schedule = list(receivers) * (runs + 1)
     listener = socket.create_server(("127.0.0.1", 0))
     url = f"ws://127.0.0.1:{listener.getsockname()[1]}/websocket/v1"
+    stream = build_stream(frames)
     context = multiprocessing.get_context("fork")
-    server = context.Process(
-        target=serve, args=(listener, build_stream(frames), len(schedule)), daemon=True
-    )
+    server = context.Process(target=serve, args=(listener, stream, len(schedule)), daemon=True)
     server.start()
     listener.close()
     timings: dict[str, list[float]] = {name: [] for name in receivers}
@@ -191,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             "worst_s": round(max(timings[name]), 4),
         }
 
+    parse_best = min(parse_only(stream, frames) for _ in range(runs))
     baseline, candidate = summary("websocket_client"), summary("wstransport")
     report = {
         "bench": "wsrecv",
@@ -200,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         "websocket_client": baseline,
         "wstransport": candidate,
         "speedup": round(candidate["frames_per_s"] / baseline["frames_per_s"], 2),
+        # The sans-IO parser's share of the wstransport figure (bytes already in memory).
+        "frame_parser_only_us_per_frame": round(parse_best / frames * 1e6, 3),
         "python": platform.python_version(),
         "websocket_client_version": websocket.__version__,
         "cpus": os.cpu_count(),
