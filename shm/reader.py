@@ -1,0 +1,489 @@
+"""Lock-free readers of snapshot segments, usable from any process.
+
+A reader maps the segment read-only and takes seqlocked copies: read the record's seq
+word, copy the bytes, read seq again; an odd or changed seq means the writer was inside
+the record, so the copy is retried. Results are plain numpy: ``latest`` returns an
+``np.void`` of the record dtype, ``latest_many`` and ``since`` structured arrays, all
+copies that stay valid after the writer moves on (or the reader closes).
+
+Readers never write to the segment, never unlink it and never register it with
+``multiprocessing``'s resource tracker. When the writer closes or a restarted writer
+replaces the segment (the old header's state word changes), the reader re-attaches to
+the new generation on its next call; ``since`` first drains what was left in the old one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import mmap
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Self
+
+import numpy as np
+
+from shm import layout as L
+from shm.errors import (
+    InconsistentReadError,
+    LayoutMismatchError,
+    SegmentNotFoundError,
+    UnknownSymbolError,
+)
+from shm.segment import (
+    HeaderInfo,
+    current_inode,
+    open_readonly,
+    process_start_ticks,
+    read_descr,
+    read_header,
+    read_symbols,
+    segment_name,
+    segment_path,
+)
+
+_FAST_TRIES = 64
+_frombuffer = np.frombuffer
+_FOLLOW_CHECK_NS = 1_000_000
+_STATE_NAMES = {L.STATE_LIVE: "live", L.STATE_CLOSED: "closed", L.STATE_SUPERSEDED: "superseded"}
+
+
+class _Mapping:
+    """One generation of the segment, mapped read-only, with views over its sections."""
+
+    def __init__(self, name: str, buf: mmap.mmap, inode: int, info: HeaderInfo) -> None:
+        geometry = info.geometry
+        self.buf = buf
+        self.inode = inode
+        self.generation = info.generation
+        self.writer_pid = info.writer_pid
+        self.writer_start_ticks = info.writer_start_ticks
+        self.q = memoryview(buf).cast("Q")
+        self.size = geometry.record_size
+        self.capacity = geometry.capacity
+        self.max_symbols = geometry.max_symbols
+        self.latest_off = geometry.latest_off
+        self.ring_off = geometry.ring_off
+        self.index_word = geometry.index_off // 8
+        self.dtype = L.dtype_from_descr_text(read_descr(buf, info))
+        self.codes = read_symbols(buf, info, info.n_symbols)
+        self.ids = {code: i for i, code in enumerate(self.codes)}
+        self.slots = self._slots_of(self.ids)
+        self.latest_records = np.ndarray(
+            (self.max_symbols,), self.dtype, buffer=buf, offset=self.latest_off
+        )
+        self.latest_seq = np.ndarray(
+            (self.max_symbols,), "<u8", buffer=buf, offset=self.latest_off, strides=(self.size,)
+        )
+        self.ring_seq = np.ndarray(
+            (self.capacity,), "<u8", buffer=buf, offset=self.ring_off, strides=(self.size,)
+        )
+        self.ring_bytes = np.ndarray(
+            (self.capacity * self.size,), np.uint8, buffer=buf, offset=self.ring_off
+        )
+        self.name = name
+
+    def _slots_of(self, ids: dict[str, int]) -> dict[str, tuple[int, int, int]]:
+        """Per code: the latest slot's start and end offsets and its seq word index."""
+        slots = {}
+        for code, symbol in ids.items():
+            start = self.latest_off + symbol * self.size
+            slots[code] = (start, start + self.size, start >> 3)
+        return slots
+
+    def refresh_symbols(self) -> None:
+        count = min(self.q[L.H_N_SYMBOLS], self.max_symbols)
+        if count > len(self.codes):
+            info = read_header(self.name, self.buf)
+            self.codes = read_symbols(self.buf, info, count)
+            self.ids = {code: i for i, code in enumerate(self.codes)}
+            self.slots = self._slots_of(self.ids)
+
+    def close(self) -> None:
+        del self.latest_records, self.latest_seq, self.ring_seq, self.ring_bytes
+        self.q.release()
+        # A caller may still hold a numpy view it made of the buffer; the mapping is then
+        # released by garbage collection instead of here.
+        with contextlib.suppress(BufferError):
+            self.buf.close()
+
+
+def _open_mapping(name: str, kind: str) -> _Mapping | None:
+    """The current generation if it is published and usable; None if not (yet)."""
+    opened = open_readonly(segment_path(name))
+    if opened is None:
+        return None
+    buf, inode = opened
+    try:
+        info = read_header(name, buf)
+        if info.version != L.LAYOUT_VERSION:
+            raise LayoutMismatchError(
+                name, f"layout version {info.version}, this reader knows {L.LAYOUT_VERSION}"
+            )
+        if info.kind_id != L.KIND_IDS[kind]:
+            raise LayoutMismatchError(name, f"kind id {info.kind_id}, expected {kind!r}")
+        if info.state == L.STATE_SUPERSEDED:
+            buf.close()
+            return None
+        mapping = _Mapping(name, buf, inode, info)
+        if mapping.dtype != L.RECORD_DTYPES[kind]:
+            mapping.close()
+            raise LayoutMismatchError(name, f"record dtype {mapping.dtype} is not the {kind} dtype")
+        return mapping
+    except LayoutMismatchError:
+        if not buf.closed:
+            buf.close()
+        raise
+
+
+class SnapshotReader:
+    """Reads one segment (``<prefix>.ticker`` or ``<prefix>.orderbook``); see :func:`attach`."""
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        mapping: _Mapping,
+        *,
+        heartbeat_timeout: float,
+        read_timeout: float,
+        clock_ns: Callable[[], int],
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self._m: _Mapping | None = mapping
+        self._heartbeat_timeout_ns = int(heartbeat_timeout * 1e9)
+        self._read_timeout = read_timeout
+        self._clock_ns = clock_ns
+        self._next_follow_ns = 0
+
+    # -- properties ---------------------------------------------------------------------
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Structured dtype of the records (see :mod:`shm.layout`)."""
+        return self._live().dtype
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """Symbol table: a record's ``symbol`` field indexes this tuple."""
+        m = self._live()
+        m.refresh_symbols()
+        return tuple(m.codes)
+
+    @property
+    def generation(self) -> int:
+        return self._live().generation
+
+    @property
+    def writer_pid(self) -> int:
+        return self._live().writer_pid
+
+    @property
+    def capacity(self) -> int:
+        return self._live().capacity
+
+    @property
+    def head(self) -> int:
+        """feed_seq of the newest record; pass it to :meth:`since` to start from now."""
+        return self._live().q[L.H_HEAD]
+
+    @property
+    def heartbeat_ns(self) -> int:
+        return self._live().q[L.H_HEARTBEAT_NS]
+
+    @property
+    def state(self) -> str:
+        """ "live", "closed" (writer exited cleanly) or "superseded" (replaced)."""
+        return _STATE_NAMES.get(self._live().q[L.H_STATE], "unknown")
+
+    @property
+    def writer_alive(self) -> bool:
+        """The writer process exists (pid and start time match) and its heartbeat is fresh."""
+        m = self._follow_if_replaced()
+        q = m.q
+        if q[L.H_STATE] != L.STATE_LIVE:
+            return False
+        if not self._writer_process_exists(m):
+            return False
+        return self._clock_ns() - q[L.H_HEARTBEAT_NS] <= self._heartbeat_timeout_ns
+
+    # -- reads --------------------------------------------------------------------------
+
+    def latest(self, code: str) -> np.void | None:
+        """A consistent copy of ``code``'s newest record, or None if it has none.
+
+        None also when the writer died in the middle of this record and nothing newer
+        exists. Raises UnknownSymbolError for codes outside the symbol table.
+        """
+        m = self._m
+        if m is None:
+            raise ValueError(f"shm reader for {self.name!r} is closed")
+        if m.q[L.H_STATE] != L.STATE_LIVE:
+            m = self._follow_if_replaced()
+        slot = m.slots.get(code)
+        if slot is None:
+            self._symbol_slow(m, code)
+            slot = m.slots[code]
+        start, end, word = slot
+        q = m.q
+        buf = m.buf
+        seq = q[word]
+        if seq and not seq & 1:
+            data = buf[start:end]
+            if q[word] == seq:
+                return _frombuffer(data, m.dtype)[0]
+        for _ in range(_FAST_TRIES):
+            seq = q[word]
+            if seq & 1:
+                continue
+            if seq == 0:
+                return None
+            data = buf[start:end]
+            if q[word] == seq:
+                return _frombuffer(data, m.dtype)[0]
+        offset = start
+        data = self._copy_slow(m, offset, code)
+        return None if data is None else np.frombuffer(data, m.dtype)[0]
+
+    def latest_many(self, codes: Iterable[str]) -> np.ndarray:
+        """Newest records of several codes as one structured array, in the given order.
+
+        Rows of codes without data yet are all zero (``feed_seq == 0``).
+        """
+        m = self._live()
+        if m.q[L.H_STATE] != L.STATE_LIVE:
+            m = self._follow_if_replaced()
+        codes = list(codes)
+        symbols = np.fromiter(
+            (s if (s := m.ids.get(c)) is not None else self._symbol_slow(m, c) for c in codes),
+            dtype=np.intp,
+            count=len(codes),
+        )
+        before = m.latest_seq[symbols]
+        rows = m.latest_records[symbols]
+        after = m.latest_seq[symbols]
+        retry = np.flatnonzero((before != after) | (before & 1 == 1))
+        for k in retry:
+            offset = m.latest_off + int(symbols[k]) * m.size
+            data = self._copy_slow(m, offset, codes[k])
+            rows[k] = np.zeros((), m.dtype) if data is None else np.frombuffer(data, m.dtype)[0]
+        return rows
+
+    def since(self, cursor: int) -> tuple[np.ndarray, int, int]:
+        """Records after ``cursor`` (a feed_seq), the new cursor, and how many were lost.
+
+        Start with ``cursor=0`` for everything still in the ring, or ``reader.head`` for
+        only what comes next. ``overrun`` counts the records after ``cursor`` that the
+        ring no longer held (overwritten before this call could copy them). If a new
+        writer restarted the feed sequence below ``cursor``, reading restarts at 0.
+        """
+        if cursor < 0:
+            raise ValueError(f"cursor must be >= 0, got {cursor}")
+        m = self._live()
+        q = m.q
+        if q[L.H_STATE] != L.STATE_LIVE and cursor >= q[L.H_HEAD]:
+            m = self._follow_if_replaced()
+            q = m.q
+        head = q[L.H_HEAD]
+        if cursor > head:
+            cursor = 0
+        if cursor == head:
+            return np.empty(0, m.dtype), head, 0
+        capacity, size = m.capacity, m.size
+        first = max(cursor + 1, head - capacity + 1)
+        count = head - first + 1
+        start = (first - 1) % capacity
+        records = np.empty(count, m.dtype)
+        out = records.view(np.uint8)
+        chunk = min(count, capacity - start)
+        out[: chunk * size] = m.ring_bytes[start * size : (start + chunk) * size]
+        if chunk < count:
+            out[chunk * size :] = m.ring_bytes[: (count - chunk) * size]
+        positions = np.arange(first, head + 1, dtype=np.uint64)
+        seq_now = m.ring_seq[(positions - 1) % capacity]
+        seq_copied = records["seq"]
+        valid = (seq_copied == positions * 2) & (seq_now == seq_copied)
+        lost = count - int(np.count_nonzero(valid))
+        if lost:
+            records = records[valid]
+        return records, head, first - 1 - cursor + lost
+
+    def age(self, code: str, now_ns: int | None = None) -> float:
+        """Seconds since ``code``'s newest record was received; inf if it has none."""
+        m = self._live()
+        symbol = m.ids.get(code)
+        if symbol is None:
+            symbol = self._symbol_slow(m, code)
+        offset = m.latest_off + symbol * m.size
+        if m.q[offset >> 3] == 0:
+            return math.inf
+        # recv_ns is one aligned 8-byte word: a single load never tears.
+        recv_ns = int(np.ndarray((), "<i8", buffer=m.buf, offset=offset + 16))
+        now = self._clock_ns() if now_ns is None else now_ns
+        return (now - recv_ns) / 1e9
+
+    # -- waiting ------------------------------------------------------------------------
+
+    def wait_for_update(
+        self,
+        code: str,
+        after_seq: int = 0,
+        timeout: float = 1.0,
+        poll_interval: float = 0.0005,
+    ) -> np.void | None:
+        """Poll until ``code`` has a record with feed_seq > ``after_seq``; None on timeout.
+
+        Waits for the code to appear in the symbol table too. ``poll_interval=0`` spins
+        (lowest latency, burns a core).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self._live()
+            if m.q[L.H_STATE] != L.STATE_LIVE:
+                m = self._follow_if_replaced()
+            symbol = m.ids.get(code)
+            if symbol is None:
+                m.refresh_symbols()
+                symbol = m.ids.get(code)
+            if symbol is not None and m.q[m.index_word + symbol] > after_seq:
+                record = self.latest(code)
+                if record is not None and record["feed_seq"] > after_seq:
+                    return record
+            if time.monotonic() >= deadline:
+                return None
+            if poll_interval > 0:
+                time.sleep(poll_interval)
+
+    def wait_for_head(
+        self, cursor: int, timeout: float = 1.0, poll_interval: float = 0.0005
+    ) -> int:
+        """Poll until the head passes ``cursor``; return the head (== cursor on timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self._live()
+            if m.q[L.H_STATE] != L.STATE_LIVE:
+                m = self._follow_if_replaced()
+            head = m.q[L.H_HEAD]
+            if head != cursor or time.monotonic() >= deadline:
+                return head
+            if poll_interval > 0:
+                time.sleep(poll_interval)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Unmap this process's view; the segment itself is left untouched."""
+        m, self._m = self._m, None
+        if m is not None:
+            m.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._m is None:
+            return f"SnapshotReader({self.name!r}, closed)"
+        return f"SnapshotReader({self.name!r}, generation={self._m.generation}, head={self.head})"
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _live(self) -> _Mapping:
+        m = self._m
+        if m is None:
+            raise ValueError(f"shm reader for {self.name!r} is closed")
+        return m
+
+    def _symbol_slow(self, m: _Mapping, code: str) -> int:
+        m.refresh_symbols()
+        symbol = m.ids.get(code)
+        if symbol is None:
+            raise UnknownSymbolError(self.name, code)
+        return symbol
+
+    def _writer_process_exists(self, m: _Mapping) -> bool:
+        if m.writer_start_ticks:
+            return process_start_ticks(m.writer_pid) == m.writer_start_ticks
+        try:
+            os.kill(m.writer_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def _copy_slow(self, m: _Mapping, offset: int, what: str) -> bytes | None:
+        """Retry a seqlocked copy, yielding the CPU, until the read deadline."""
+        q, word, end = m.q, offset >> 3, offset + m.size
+        started = time.monotonic()
+        while True:
+            seq = q[word]
+            if seq == 0:
+                return None
+            if not seq & 1:
+                data = m.buf[offset:end]
+                if q[word] == seq:
+                    return data
+            elif not self._writer_process_exists(m):
+                # The writer died inside this record; it will never be completed.
+                return None
+            waited = time.monotonic() - started
+            if waited > self._read_timeout:
+                raise InconsistentReadError(self.name, f"the record of {what!r}", waited)
+            time.sleep(0)
+
+    def _follow_if_replaced(self) -> _Mapping:
+        """Switch to a newer generation published under the same name, if there is one."""
+        m = self._live()
+        now = time.monotonic_ns()
+        if now < self._next_follow_ns:
+            return m
+        self._next_follow_ns = now + _FOLLOW_CHECK_NS
+        inode = current_inode(segment_path(self.name))
+        if inode is None or inode == m.inode:
+            return m
+        fresh = _open_mapping(self.name, self.kind)
+        if fresh is None:
+            return m
+        self._m = fresh
+        m.close()
+        return fresh
+
+
+def attach(
+    prefix: str,
+    kind: str,
+    timeout: float = 5.0,
+    *,
+    poll_interval: float = 0.01,
+    heartbeat_timeout: float = 5.0,
+    read_timeout: float = 0.1,
+    clock_ns: Callable[[], int] = time.time_ns,
+) -> SnapshotReader:
+    """Attach to ``<prefix>.<kind>``, waiting up to ``timeout`` s for a writer to create it.
+
+    ``heartbeat_timeout``: a writer whose heartbeat is older counts as dead.
+    ``read_timeout``: how long one record read may wait for a writer stuck inside it.
+    ``clock_ns``: wall clock for heartbeat and age (the writer's ``recv_ns`` clock).
+    Raises SegmentNotFoundError on timeout, LayoutMismatchError for a foreign layout.
+    """
+    name = segment_name(prefix, kind)
+    deadline = time.monotonic() + timeout
+    while True:
+        mapping = _open_mapping(name, kind)
+        if mapping is not None:
+            return SnapshotReader(
+                name,
+                kind,
+                mapping,
+                heartbeat_timeout=heartbeat_timeout,
+                read_timeout=read_timeout,
+                clock_ns=clock_ns,
+            )
+        if time.monotonic() >= deadline:
+            raise SegmentNotFoundError(name, timeout)
+        time.sleep(poll_interval)

@@ -1,0 +1,451 @@
+"""The single writer of a snapshot segment: seqlocked records from the codec's output.
+
+Write protocol for each message (``f`` = the feed sequence number it gets)::
+
+    ring slot seq := 2f - 1          (odd: readers retry)
+    one struct.pack_into of the whole record after the seq word
+    ring slot seq := 2f              (even and tied to f: complete)
+    the symbol's latest slot: seq odd, copy the payload bytes, seq even
+    latest index[symbol] := f;  head := f
+
+Plain stores through a ``memoryview`` cast to uint64 are single aligned 8-byte stores,
+and x86-64 keeps stores in program order, which is all a seqlock writer needs there.
+
+Message objects are read by attribute (the decoder's hot-path structs); numeric fields
+that are None are stored as NaN (floats) or 0 (integers), enum strings through the maps
+in :mod:`shm.layout`. A code outside the symbol table raises
+:class:`~shm.errors.UnknownSymbolError` before anything is written; :meth:`add_symbol`
+grows the table up to ``max_symbols`` without a new generation.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import math
+import operator
+import os
+import struct
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from shm import layout as L
+from shm.errors import SymbolTableFullError, UnknownSymbolError
+from shm.segment import WritableSegment, create_segment, encode_symbol, segment_name
+
+DEFAULT_CAPACITY = 4096
+DEFAULT_MAX_SYMBOLS = 256
+
+_NAN = math.nan
+_CHANGE = L.CHANGE.get
+_ASK_BID = L.ASK_BID.get
+_MARKET_STATE = L.MARKET_STATE.get
+_MARKET_WARNING = L.MARKET_WARNING.get
+_STREAM_TYPE = L.STREAM_TYPE.get
+_SUSPENDED = L.TRADING_SUSPENDED.get
+_UNIT_VALUES = operator.attrgetter("bid_price", "bid_size", "ask_price", "ask_size")
+_flatten = itertools.chain.from_iterable
+_pack_ticker = L.TICKER_STRUCT.pack_into
+_ORDERBOOK_PACKERS = tuple(s.pack_into for s in L.ORDERBOOK_STRUCTS)
+_HEAD = L.H_HEAD
+
+
+def _close_at_exit(ref: weakref.ref[SnapshotWriter]) -> None:
+    writer = ref()
+    if writer is not None:
+        writer.close()
+
+
+class SnapshotWriter:
+    """Owner of one segment: lifecycle, symbol table, heartbeat. Subclasses write records."""
+
+    kind: ClassVar[str]
+
+    def __init__(
+        self,
+        prefix: str,
+        codes: Sequence[str],
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        max_symbols: int | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+        continue_stale: bool = True,
+    ) -> None:
+        """Create and publish ``<prefix>.<kind>`` for ``codes`` with a ring of ``capacity``.
+
+        Raises SegmentOwnedError if a live writer holds the name. A stale segment left by
+        a dead writer is replaced by a new generation (continuing its feed sequence and
+        symbol ids when the layout matches and ``continue_stale`` is true).
+        """
+        self.name = segment_name(prefix, self.kind)
+        self.dtype: np.dtype = L.RECORD_DTYPES[self.kind]
+        self._clock_ns = clock_ns
+        wanted = max(max_symbols or DEFAULT_MAX_SYMBOLS, len(codes))
+        segment, table, head = create_segment(
+            self.name,
+            self.kind,
+            list(codes),
+            capacity,
+            wanted,
+            clock_ns=clock_ns,
+            continue_stale=continue_stale,
+        )
+        self._segment: WritableSegment | None = segment
+        self._buf = segment.buf
+        self._q = memoryview(segment.buf).cast("Q")
+        geometry = segment.geometry
+        self._ids: dict[str, int] = {code: i for i, code in enumerate(table)}
+        self._codes: list[str] = list(table)
+        self._head = head
+        self._record_size = geometry.record_size
+        self._capacity = geometry.capacity
+        self._max_symbols = geometry.max_symbols
+        self._ring_off = geometry.ring_off
+        self._latest_off = geometry.latest_off
+        self._index_word = geometry.index_off // 8
+        # Everything the per-message path needs, fetched with one attribute load.
+        self._hot: tuple[Any, ...] | None = (self._q, self._buf, self._record_size)
+        self._targets: dict[str, tuple[int, int, int, int, int]] = {}
+        for code, symbol in self._ids.items():
+            self._add_target(code, symbol)
+        self._slots = self._slot_cycle(head)
+        self._owner_pid = os.getpid()
+        self._atexit = atexit.register(_close_at_exit, weakref.ref(self))
+
+    @property
+    def path(self) -> str:
+        return os.path.join("/dev/shm", self.name)
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """Symbol table: a record's ``symbol`` field indexes this tuple."""
+        return tuple(self._codes)
+
+    @property
+    def head(self) -> int:
+        """feed_seq of the newest record (the number of records written, carried across
+        generations)."""
+        return self._head
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def generation(self) -> int:
+        return self._q[L.H_GENERATION]
+
+    @property
+    def replaced_stale(self) -> bool:
+        """True if creating this writer replaced a stale segment of a dead writer."""
+        return self._segment is not None and self._segment.replaced_stale
+
+    @property
+    def closed(self) -> bool:
+        return self._segment is None
+
+    def symbol_id(self, code: str) -> int:
+        try:
+            return self._ids[code]
+        except KeyError:
+            raise UnknownSymbolError(self.name, code) from None
+
+    def add_symbol(self, code: str) -> int:
+        """Add a market code to the table (if new) and return its symbol id."""
+        existing = self._ids.get(code)
+        if existing is not None:
+            return existing
+        segment = self._require_open()
+        raw = encode_symbol(self.name, code)
+        index = len(self._codes)
+        if index >= self._max_symbols:
+            raise SymbolTableFullError(self.name, self._max_symbols)
+        segment.write_symbol(index, raw)
+        # The count is published after the bytes, so readers never see a partial code.
+        self._q[L.H_N_SYMBOLS] = index + 1
+        self._codes.append(code)
+        self._ids[code] = index
+        self._add_target(code, index)
+        return index
+
+    def _slot_cycle(self, head: int) -> Iterator[int]:
+        """Ring slot offsets in write order, starting with the slot of feed_seq head + 1."""
+        size = self._record_size
+        offsets = range(self._ring_off, self._ring_off + self._capacity * size, size)
+        first = head % self._capacity
+        return itertools.cycle(itertools.chain(offsets[first:], offsets[:first]))
+
+    def _add_target(self, code: str, symbol: int) -> None:
+        # Per symbol: id, latest-slot seq word, payload start and end, latest-index word.
+        latest = self._latest_off + symbol * self._record_size
+        self._targets[code] = (
+            symbol,
+            latest >> 3,
+            latest + 8,
+            latest + self._record_size,
+            self._index_word + symbol,
+        )
+
+    def heartbeat(self, now_ns: int | None = None) -> None:
+        """Record that the writer is alive (readers treat an old heartbeat as a dead writer)."""
+        self._require_open()
+        self._q[L.H_HEARTBEAT_NS] = self._clock_ns() if now_ns is None else now_ns
+
+    def close(self, unlink: bool = True) -> None:
+        """Mark the segment closed and unlink it (if it is still ours); idempotent.
+
+        In a forked child of the writer this only drops the child's mapping.
+        """
+        segment = self._segment
+        if segment is None:
+            return
+        self._segment = None
+        self._hot = None
+        atexit.unregister(self._atexit)
+        owner = os.getpid() == self._owner_pid
+        if owner:
+            self._q[L.H_STATE] = L.STATE_CLOSED
+        self._q.release()
+        segment.close(unlink=unlink and owner)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _require_open(self) -> WritableSegment:
+        if self._segment is None:
+            raise ValueError(f"shm writer for {self.name!r} is closed")
+        return self._segment
+
+    def _abandon(self, slot: int) -> None:
+        # The slot's previous record is gone; seq 0 makes readers count it as overrun.
+        # The next message reuses the slot, since head did not advance.
+        self._q[slot >> 3] = 0
+        self._slots = self._slot_cycle(self._head)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._segment is None else f"head={self._head}"
+        return f"{type(self).__name__}({self.name!r}, symbols={len(self._codes)}, {state})"
+
+
+def _nan_for_none(values: Iterable[Any]) -> list[Any]:
+    return [_NAN if v is None else v for v in values]
+
+
+class TickerWriter(SnapshotWriter):
+    """Writes ticker messages into ``<prefix>.ticker``."""
+
+    kind = L.KIND_TICKER
+
+    def write_ticker(self, msg: Any, recv_ns: int) -> int:
+        """Store one decoded ticker; return the feed sequence number it was given."""
+        hot = self._hot
+        if hot is None:
+            raise ValueError(f"shm writer for {self.name!r} is closed")
+        q, buf, size = hot
+        try:
+            symbol, latest_word, latest_start, latest_end, index_word = self._targets[msg.code]
+        except KeyError:
+            raise UnknownSymbolError(self.name, msg.code) from None
+        feed_seq = self._head + 1
+        slot = next(self._slots)
+        odd = feed_seq + feed_seq - 1
+        q[slot >> 3] = odd
+        try:
+            _pack_ticker(
+                buf,
+                slot + 8,
+                feed_seq,
+                recv_ns,
+                getattr(msg, "sim_ns", 0),
+                msg.timestamp,
+                symbol,
+                _CHANGE(msg.change, 0),
+                _ASK_BID(msg.ask_bid, 0),
+                _MARKET_STATE(msg.market_state, 0),
+                _MARKET_WARNING(msg.market_warning, 0),
+                _SUSPENDED(msg.is_trading_suspended, -1),
+                _STREAM_TYPE(msg.stream_type, 0),
+                msg.trade_timestamp,
+                msg.opening_price,
+                msg.high_price,
+                msg.low_price,
+                msg.trade_price,
+                msg.prev_closing_price,
+                msg.change_price,
+                msg.signed_change_price,
+                msg.change_rate,
+                msg.signed_change_rate,
+                msg.trade_volume,
+                msg.acc_trade_volume,
+                msg.acc_trade_volume_24h,
+                msg.acc_trade_price,
+                msg.acc_trade_price_24h,
+                msg.acc_ask_volume,
+                msg.acc_bid_volume,
+                msg.highest_52_week_price,
+                msg.lowest_52_week_price,
+            )
+        except struct.error:
+            self._write_ticker_with_gaps(
+                msg, slot=slot, feed_seq=feed_seq, recv_ns=recv_ns, symbol=symbol
+            )
+        q[slot >> 3] = odd + 1
+        # Publish: the symbol's latest slot (its own seqlock), its index entry, then head.
+        q[latest_word] = odd
+        buf[latest_start:latest_end] = buf[slot + 8 : slot + size]
+        q[latest_word] = odd + 1
+        q[index_word] = feed_seq
+        q[_HEAD] = feed_seq
+        self._head = feed_seq
+        return feed_seq
+
+    def _write_ticker_with_gaps(
+        self, msg: Any, *, slot: int, feed_seq: int, recv_ns: int, symbol: int
+    ) -> None:
+        """Slow path for messages with absent (None) fields."""
+        try:
+            L.TICKER_STRUCT.pack_into(
+                self._buf,
+                slot + 8,
+                feed_seq,
+                recv_ns,
+                getattr(msg, "sim_ns", 0) or 0,
+                msg.timestamp or 0,
+                symbol,
+                _CHANGE(msg.change, 0),
+                _ASK_BID(msg.ask_bid, 0),
+                _MARKET_STATE(msg.market_state, 0),
+                _MARKET_WARNING(msg.market_warning, 0),
+                _SUSPENDED(msg.is_trading_suspended, -1),
+                _STREAM_TYPE(msg.stream_type, 0),
+                msg.trade_timestamp or 0,
+                *_nan_for_none(getattr(msg, name) for name in L.TICKER_FLOAT_FIELDS),
+            )
+        except (struct.error, TypeError) as exc:
+            self._abandon(slot)
+            raise TypeError(f"ticker for {msg.code!r} has a field shm cannot store: {exc}") from exc
+
+    write = write_ticker
+
+
+class OrderbookWriter(SnapshotWriter):
+    """Writes order-book messages (up to 30 levels) into ``<prefix>.orderbook``."""
+
+    kind = L.KIND_ORDERBOOK
+
+    def write_orderbook(self, msg: Any, recv_ns: int) -> int:
+        """Store one decoded order book; return the feed sequence number it was given.
+
+        Units beyond 30 (Upbit never sends more) are dropped.
+        """
+        hot = self._hot
+        if hot is None:
+            raise ValueError(f"shm writer for {self.name!r} is closed")
+        q, buf, size = hot
+        try:
+            symbol, latest_word, latest_start, latest_end, index_word = self._targets[msg.code]
+        except KeyError:
+            raise UnknownSymbolError(self.name, msg.code) from None
+        units = msg.orderbook_units
+        n_levels = len(units)
+        if n_levels > L.MAX_LEVELS:
+            units = units[: L.MAX_LEVELS]
+            n_levels = L.MAX_LEVELS
+        feed_seq = self._head + 1
+        slot = next(self._slots)
+        odd = feed_seq + feed_seq - 1
+        q[slot >> 3] = odd
+        level = msg.level
+        try:
+            _ORDERBOOK_PACKERS[n_levels](
+                buf,
+                slot + 8,
+                feed_seq,
+                recv_ns,
+                getattr(msg, "sim_ns", 0),
+                msg.timestamp,
+                symbol,
+                n_levels,
+                _STREAM_TYPE(msg.stream_type, 0),
+                msg.total_ask_size,
+                msg.total_bid_size,
+                _NAN if level is None else level,
+                *_flatten(map(_UNIT_VALUES, units)),
+            )
+        except struct.error:
+            self._write_orderbook_with_gaps(
+                msg, units, slot=slot, feed_seq=feed_seq, recv_ns=recv_ns, symbol=symbol
+            )
+        q[slot >> 3] = odd + 1
+        q[latest_word] = odd
+        buf[latest_start:latest_end] = buf[slot + 8 : slot + size]
+        q[latest_word] = odd + 1
+        q[index_word] = feed_seq
+        q[_HEAD] = feed_seq
+        self._head = feed_seq
+        return feed_seq
+
+    def _write_orderbook_with_gaps(
+        self,
+        msg: Any,
+        units: Sequence[Any],
+        *,
+        slot: int,
+        feed_seq: int,
+        recv_ns: int,
+        symbol: int,
+    ) -> None:
+        """Slow path for messages with absent (None) fields."""
+        try:
+            L.ORDERBOOK_STRUCTS[len(units)].pack_into(
+                self._buf,
+                slot + 8,
+                feed_seq,
+                recv_ns,
+                getattr(msg, "sim_ns", 0) or 0,
+                msg.timestamp or 0,
+                symbol,
+                len(units),
+                _STREAM_TYPE(msg.stream_type, 0),
+                *_nan_for_none((msg.total_ask_size, msg.total_bid_size, msg.level)),
+                *_nan_for_none(_flatten(map(_UNIT_VALUES, units))),
+            )
+        except (struct.error, TypeError) as exc:
+            self._abandon(slot)
+            raise TypeError(
+                f"orderbook for {msg.code!r} has a field shm cannot store: {exc}"
+            ) from exc
+
+    write = write_orderbook
+
+
+WRITER_CLASSES: dict[str, type[SnapshotWriter]] = {
+    L.KIND_TICKER: TickerWriter,
+    L.KIND_ORDERBOOK: OrderbookWriter,
+}
+
+
+def create_writer(
+    prefix: str,
+    kind: str,
+    codes: Sequence[str],
+    *,
+    capacity: int = DEFAULT_CAPACITY,
+    max_symbols: int | None = None,
+    clock_ns: Callable[[], int] = time.time_ns,
+) -> SnapshotWriter:
+    """The writer class for ``kind`` ("ticker" or "orderbook"), created and published."""
+    try:
+        cls = WRITER_CLASSES[kind]
+    except KeyError:
+        raise ValueError(
+            f"unknown segment kind {kind!r}; expected one of {', '.join(WRITER_CLASSES)}"
+        ) from None
+    return cls(prefix, codes, capacity=capacity, max_symbols=max_symbols, clock_ns=clock_ns)
