@@ -64,13 +64,18 @@ class ConnectionClosed(Exception):
         self.reason = reason
 
 
-class WsConnectError(Exception):
-    """The TCP/TLS connection or the WebSocket handshake failed."""
+class WsConnectError(ConnectionError):
+    """The TCP/TLS connection or the WebSocket handshake failed.
 
-    def __init__(self, url: str, detail: str) -> None:
+    ``status`` is the HTTP status when the server answered the upgrade with something
+    other than 101 (401/403: credentials rejected, 429: too many connections).
+    """
+
+    def __init__(self, url: str, detail: str, status: int | None = None) -> None:
         super().__init__(f"websocket connect to {url} failed: {detail}")
         self.url = url
         self.detail = detail
+        self.status = status
 
 
 @dataclass(slots=True)
@@ -118,6 +123,7 @@ class WsTransport:
         self.last_recv_ns = clock()
         self.last_ping_ns = 0
         self.last_pong_ns = 0
+        self._unanswered_ping_ns: int | None = None
         self.last_pong_payload = b""
         sock.settimeout(timeout)
 
@@ -158,7 +164,9 @@ class WsTransport:
             )
         except websocket.WebSocketBadStatusException as exc:
             ws.shutdown()
-            raise WsConnectError(url, f"handshake answered with HTTP {exc.status_code}") from None
+            raise WsConnectError(
+                url, f"handshake answered with HTTP {exc.status_code}", exc.status_code
+            ) from None
         except (websocket.WebSocketException, OSError) as exc:
             ws.shutdown()
             raise WsConnectError(url, f"{type(exc).__name__}: {exc}") from None
@@ -262,6 +270,7 @@ class WsTransport:
             elif opcode == OP_PONG:
                 self.stats.pongs_received += 1
                 self.last_pong_ns = self._clock()
+                self._unanswered_ping_ns = None
                 self.last_pong_payload = bytes(message[1])
             elif opcode == OP_CLOSE:
                 self._on_server_close()
@@ -315,6 +324,17 @@ class WsTransport:
         """Send a ping; the answer shows up in :attr:`last_pong_ns`."""
         self._send_frame(OP_PING, payload)
         self.last_ping_ns = self._clock()
+        if self._unanswered_ping_ns is None:
+            self._unanswered_ping_ns = self.last_ping_ns
+
+    def pong_overdue(self, limit: float) -> bool:
+        """True when a ping has waited ``limit`` seconds or more without any pong since.
+
+        Measured from the oldest unanswered ping, so regular keepalive pings do not keep
+        pushing the deadline away.
+        """
+        since = self._unanswered_ping_ns
+        return since is not None and self._clock() - since >= limit * 1e9
 
     def _send_frame(self, opcode: int, payload: bytes | bytearray | memoryview) -> None:
         frame = build_frame(opcode, payload, mask_key=self._mask_key_source(4))

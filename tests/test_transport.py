@@ -421,6 +421,8 @@ def test_connect_failures_are_typed() -> None:
     with pytest.raises(WsConnectError, match="HTTP 429") as info:
         WsTransport.connect(server.url, headers={"Authorization": "Bearer s3cr3t"}, timeout=TIMEOUT)
     assert "s3cr3t" not in str(info.value)
+    assert info.value.status == 429
+    assert isinstance(info.value, OSError)  # a connection failure like any other
     server.result()
 
 
@@ -609,3 +611,39 @@ def test_receive_benchmark_runs_and_checks_every_byte() -> None:
     assert report["frames"] == 300
     assert report["websocket_client"]["frames_per_s"] > 0
     assert report["wstransport"]["frames_per_s"] > 0
+
+
+def test_pong_overdue_counts_from_the_oldest_unanswered_ping() -> None:
+    def script(conn: socket.socket, request: bytes) -> list[Frame]:
+        conn.sendall(upgrade_response(request))
+        # Three masked pings with a 1-byte payload are 3 x 7 bytes; answer only the third.
+        received = b""
+        while len(received) < 21:
+            received += conn.recv(21 - len(received))
+        third = parse_client_frames(received)[2]
+        conn.sendall(build_frame(0xA, third.data, mask_key=None))
+        return parse_client_frames(received + read_until_eof(conn))
+
+    now = [0]
+    server = RawServer(script)
+    transport = WsTransport.connect(server.url, timeout=TIMEOUT, clock=lambda: now[0])
+    assert not transport.pong_overdue(3.0)
+    transport.ping(b"1")
+    now[0] = 2_000_000_000
+    transport.ping(b"2")
+    now[0] = 3_000_000_000
+    assert transport.pong_overdue(3.0)  # three seconds since the first, unanswered ping
+    assert not transport.pong_overdue(3.5)
+    transport.ping(b"3")
+    deadline = time.monotonic() + TIMEOUT
+    while transport.stats.pongs_received == 0 and time.monotonic() < deadline:
+        transport.recv_messages(0.2)
+    assert transport.last_pong_payload == b"3"
+    assert not transport.pong_overdue(0.0)
+    transport.close(timeout=0.2)
+    sent = server.result()
+    assert [(f.opcode, f.data) for f in sent[:3]] == [
+        (Opcode.PING, b"1"),
+        (Opcode.PING, b"2"),
+        (Opcode.PING, b"3"),
+    ]
