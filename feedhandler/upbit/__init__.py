@@ -1,5 +1,36 @@
 """Sans-IO Upbit protocol: subscriptions, request frames, decoding, authentication."""
 
+from feedhandler.upbit.auth import Credentials, authorization_header, make_jwt
+from feedhandler.upbit.decode import (
+    MAX_FRAME_BYTES,
+    Decoder,
+    decode,
+    decode_all,
+    event_to_json,
+)
+from feedhandler.upbit.errors import ProtocolError
+from feedhandler.upbit.events import (
+    AssetBalance,
+    Candle,
+    ErrorMessage,
+    Event,
+    MyAsset,
+    MyOrder,
+    Orderbook,
+    OrderbookUnit,
+    Status,
+    Ticker,
+    Trade,
+)
+from feedhandler.upbit.hot import (
+    HotDecoder,
+    HotOrderbook,
+    HotOrderbookUnit,
+    HotTicker,
+    HotTrade,
+    trade_to_json,
+)
+from feedhandler.upbit.request import REQUEST_FORMATS, build_request, new_ticket
 from feedhandler.upbit.subscription import (
     ALL_TYPES,
     CANDLE_TYPES,
@@ -17,11 +48,40 @@ __all__ = [
     "ALL_TYPES",
     "CANDLE_TYPES",
     "CANDLE_UNITS",
+    "MAX_FRAME_BYTES",
     "ORDERBOOK_DEPTHS",
     "PRIVATE_TYPES",
     "QUOTE_TYPES",
+    "REQUEST_FORMATS",
+    "AssetBalance",
+    "Candle",
+    "Credentials",
+    "Decoder",
+    "ErrorMessage",
+    "Event",
+    "HotDecoder",
+    "HotOrderbook",
+    "HotOrderbookUnit",
+    "HotTicker",
+    "HotTrade",
+    "MyAsset",
+    "MyOrder",
+    "Orderbook",
+    "OrderbookUnit",
+    "ProtocolError",
+    "Status",
     "Subscription",
     "SubscriptionError",
+    "Ticker",
+    "Trade",
+    "authorization_header",
+    "build_request",
+    "decode",
+    "decode_all",
+    "event_to_json",
     "is_market_code",
+    "make_jwt",
+    "new_ticket",
     "split_code",
+    "trade_to_json",
 ]
