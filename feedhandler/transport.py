@@ -8,7 +8,9 @@ buffer, which costs a fraction of websocket-client's per-frame ``recv`` (see PER
 
 One thread receives (:meth:`WsTransport.recv_messages` in a loop); any thread may send
 (sends are serialised by a lock). Pings are answered, a server close is answered and
-raised as :class:`ConnectionClosed`.
+raised as :class:`ConnectionClosed`. Keepalive is :meth:`WsTransport.ping` plus
+:meth:`WsTransport.pong_overdue`. permessage-deflate (RFC 7692) is offered on request
+and inflated by the parser; this side always sends uncompressed frames.
 """
 
 from __future__ import annotations
