@@ -352,3 +352,41 @@ def test_wait_helpers(prefix: str) -> None:
         assert reader.wait_for_update("KRW-BTC", 1, timeout=0.02) is None
         assert reader.wait_for_head(0, timeout=1) == 1
         reader.close()
+
+
+def test_payload_check_detects_a_spliced_record() -> None:
+    first = np.zeros(1, shm.TICKER_DTYPE)
+    second = np.zeros(1, shm.TICKER_DTYPE)
+    for records, k in ((first, 10), (second, 11)):
+        msg = H.make_ticker("KRW-BTC", k, 0)
+        records["feed_seq"], records["seq"] = k, 2 * k
+        records["trade_timestamp"], records["timestamp"] = k, k
+        records["change"] = shm.CHANGE[msg.change]
+        for name in L.TICKER_FLOAT_FIELDS:
+            records[name] = getattr(msg, name)
+    assert H.bad_tickers(first) == 0 and H.bad_tickers(second) == 0
+    spliced = np.frombuffer(first.tobytes()[:120] + second.tobytes()[120:], shm.TICKER_DTYPE)
+    assert H.bad_tickers(spliced) == 1
+
+
+def test_reader_never_returns_a_record_the_writer_is_inside(prefix: str) -> None:
+    with shm.TickerWriter(prefix, CODES, capacity=4) as writer:
+        reader = shm.attach(prefix, "ticker", timeout=1, read_timeout=0.05)
+        writer.write_ticker(docs_ticker(), recv_ns=1)
+        # Freeze the writer between its two seq stores on KRW-BTC's latest slot.
+        latest_word = writer._targets["KRW-BTC"][1]
+        writer._q[latest_word] = 3
+        with pytest.raises(shm.InconsistentReadError, match="KRW-BTC"):
+            reader.latest("KRW-BTC")
+        rows = None
+        with pytest.raises(shm.InconsistentReadError):
+            rows = reader.latest_many(["KRW-BTC"])
+        assert rows is None
+        writer._q[latest_word] = 2
+        rec = reader.latest("KRW-BTC")
+        assert rec is not None and rec["feed_seq"] == 1
+        # A ring slot caught mid-write is reported as lost, not returned.
+        writer._q[(writer._ring_off) >> 3] = 3
+        records, cursor, overrun = reader.since(0)
+        assert len(records) == 0 and cursor == 1 and overrun == 1
+        reader.close()
