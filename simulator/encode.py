@@ -1,0 +1,365 @@
+"""Wire encoding of market data: WebSocket frames (DEFAULT and SIMPLE) and REST bodies.
+
+Field names, order and number spellings follow the real captures in
+``/work/shared/upbit/samples``: prices in exponent form in order books
+(``1.16539E8``), trailing zeros (``31883000.00000000``), 16-digit accumulated
+values, ``sequential_id`` as an exact integer. Payloads are built with
+pre-compiled templates rather than a JSON library, because a JSON library would
+have to go through ``float`` to write these numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from simulator import numbers
+from simulator.generator import BookView, Candle, MarketState, Trade
+from simulator.markets import MarketInfo
+from simulator.numbers import SCALE
+
+DEFAULT = "DEFAULT"
+SIMPLE = "SIMPLE"
+FORMATS = ("DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST")
+_KST_MS = 9 * 3_600_000
+
+
+def base_format(fmt: str) -> str:
+    """The field naming of a request format: DEFAULT/JSON_LIST -> DEFAULT, else SIMPLE."""
+    return SIMPLE if fmt in ("SIMPLE", "SIMPLE_LIST") else DEFAULT
+
+
+def is_list_format(fmt: str) -> bool:
+    return fmt in ("JSON_LIST", "SIMPLE_LIST")
+
+
+def _template(keys: tuple[str, ...]) -> str:
+    return "{{" + ",".join(f'"{key}":{{}}' for key in keys) + "}}"
+
+
+_TRADE_KEYS = {
+    DEFAULT: (
+        "type", "code", "timestamp", "trade_date", "trade_time", "trade_timestamp",
+        "trade_price", "trade_volume", "ask_bid", "prev_closing_price", "change",
+        "change_price", "sequential_id", "best_ask_price", "best_ask_size", "best_bid_price",
+        "best_bid_size", "stream_type",
+    ),
+    SIMPLE: (
+        "ty", "cd", "tms", "td", "ttm", "ttms", "tp", "tv", "ab", "pcp", "c", "cp", "sid",
+        "bap", "bas", "bbp", "bbs", "st",
+    ),
+}  # fmt: skip
+_TICKER_KEYS = {
+    DEFAULT: (
+        "type", "code", "opening_price", "high_price", "low_price", "trade_price",
+        "prev_closing_price", "acc_trade_price", "change", "change_price",
+        "signed_change_price", "change_rate", "signed_change_rate", "ask_bid", "trade_volume",
+        "acc_trade_volume", "trade_date", "trade_time", "trade_timestamp", "acc_ask_volume",
+        "acc_bid_volume", "highest_52_week_price", "highest_52_week_date",
+        "lowest_52_week_price", "lowest_52_week_date", "market_state", "is_trading_suspended",
+        "delisting_date", "market_warning", "timestamp", "acc_trade_price_24h",
+        "acc_trade_volume_24h", "stream_type",
+    ),
+    SIMPLE: (
+        "ty", "cd", "op", "hp", "lp", "tp", "pcp", "atp", "c", "cp", "scp", "cr", "scr", "ab",
+        "tv", "atv", "tdt", "ttm", "ttms", "aav", "abv", "h52wp", "h52wdt", "l52wp", "l52wdt",
+        "ms", "its", "dd", "mw", "tms", "atp24h", "atv24h", "st",
+    ),
+}  # fmt: skip
+_BOOK_KEYS = {
+    DEFAULT: ("type", "code", "timestamp", "total_ask_size", "total_bid_size",
+              "orderbook_units", "stream_type", "level"),
+    SIMPLE: ("ty", "cd", "tms", "tas", "tbs", "obu", "st", "lv"),
+}  # fmt: skip
+_UNIT_KEYS = {
+    DEFAULT: ("ask_price", "bid_price", "ask_size", "bid_size"),
+    SIMPLE: ("ap", "bp", "as", "bs"),
+}
+_CANDLE_KEYS = {
+    DEFAULT: (
+        "type", "code", "candle_date_time_utc", "candle_date_time_kst", "opening_price",
+        "high_price", "low_price", "trade_price", "candle_acc_trade_volume",
+        "candle_acc_trade_price", "timestamp", "stream_type",
+    ),
+    SIMPLE: ("ty", "cd", "cdttmu", "cdttmk", "op", "hp", "lp", "tp", "catv", "catp", "tms", "st"),
+}  # fmt: skip
+
+_TRADE_TEMPLATE = {fmt: _template(keys) for fmt, keys in _TRADE_KEYS.items()}
+_TICKER_TEMPLATE = {fmt: _template(keys) for fmt, keys in _TICKER_KEYS.items()}
+_BOOK_TEMPLATE = {fmt: _template(keys) for fmt, keys in _BOOK_KEYS.items()}
+_UNIT_TEMPLATE = {fmt: _template(keys) for fmt, keys in _UNIT_KEYS.items()}
+_CANDLE_TEMPLATE = {fmt: _template(keys) for fmt, keys in _CANDLE_KEYS.items()}
+
+_CACHE_LIMIT = 200_000
+
+
+def _cached(spell: Callable[[int, int], str]) -> Callable[..., str]:
+    """Memoise a number speller for the default scale: book prices and sizes repeat a lot."""
+    cache: dict[int, str] = {}
+
+    def spelled(value: int, scale: int = SCALE, *args: int) -> str:
+        if scale != SCALE or args:
+            return spell(value, scale, *args)
+        text = cache.get(value)
+        if text is None:
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            text = cache[value] = spell(value, scale)
+        return text
+
+    return spelled
+
+
+plain = _cached(numbers.plain)
+dotted = _cached(numbers.dotted)
+fixed = _cached(numbers.fixed)
+java = _cached(numbers.java)
+
+_clock_cache: dict[tuple[int, str], str] = {}
+
+
+def _clock_text(seconds: int, pattern: str) -> str:
+    key = (seconds, pattern)
+    text = _clock_cache.get(key)
+    if text is None:
+        if len(_clock_cache) > 4096:
+            _clock_cache.clear()
+        text = time.strftime(pattern, time.gmtime(seconds))
+        _clock_cache[key] = text
+    return text
+
+
+def _q(text: str) -> str:
+    return f'"{text}"'
+
+
+def change_of(price: int, prev_close: int) -> str:
+    if price > prev_close:
+        return "RISE"
+    return "FALL" if price < prev_close else "EVEN"
+
+
+def change_rate(price: int, prev_close: int) -> int:
+    """|price - prev_close| / prev_close in 1e-10 units, rounded half up."""
+    diff = abs(price - prev_close)
+    return (diff * 10**10 * 2 + prev_close) // (2 * prev_close) if prev_close else 0
+
+
+def encode_trade(trade: Trade, fmt: str, stream_type: str) -> bytes:
+    quote_is_btc = trade.code.startswith("BTC-")
+    change_price = abs(trade.price - trade.prev_closing_price)
+    seconds = trade.trade_timestamp // 1000
+    return (
+        _TRADE_TEMPLATE[fmt]
+        .format(
+            '"trade"',
+            _q(trade.code),
+            trade.timestamp,
+            _q(_clock_text(seconds, "%Y-%m-%d")),
+            _q(_clock_text(seconds, "%H:%M:%S")),
+            trade.trade_timestamp,
+            dotted(trade.price),
+            plain(trade.volume),
+            _q(trade.ask_bid),
+            fixed(trade.prev_closing_price),
+            _q(trade.change),
+            java(change_price) if quote_is_btc else fixed(change_price),
+            trade.sequential_id,
+            plain(trade.best_ask_price),
+            plain(trade.best_ask_size),
+            plain(trade.best_bid_price),
+            plain(trade.best_bid_size),
+            _q(stream_type),
+        )
+        .encode()
+    )
+
+
+def encode_ticker(state: MarketState, fmt: str, stream_type: str) -> bytes:
+    trade = state.last_trade
+    if trade is None:
+        raise ValueError(f"{state.code} has no trade yet; a ticker needs one")
+    prev = state.prev_closing_price
+    signed = trade.price - prev
+    rate = change_rate(trade.price, prev)
+    seconds = trade.trade_timestamp // 1000
+    return (
+        _TICKER_TEMPLATE[fmt]
+        .format(
+            '"ticker"',
+            _q(state.code),
+            plain(state.opening_price),
+            plain(state.high_price),
+            plain(state.low_price),
+            plain(trade.price),
+            fixed(prev),
+            fixed(state.acc_trade_price, 16, 16),
+            _q(change_of(trade.price, prev)),
+            fixed(abs(signed)),
+            fixed(signed),
+            fixed(rate, 10, 10),
+            fixed(rate if signed >= 0 else -rate, 10, 10),
+            _q(trade.ask_bid),
+            plain(trade.volume),
+            plain(state.acc_trade_volume),
+            _q(_clock_text(seconds, "%Y%m%d")),
+            _q(_clock_text(seconds, "%H%M%S")),
+            trade.trade_timestamp,
+            plain(state.acc_ask_volume),
+            plain(state.acc_bid_volume),
+            fixed(state.high_52w[0]),
+            _q(state.high_52w[1]),
+            fixed(state.low_52w[0]),
+            _q(state.low_52w[1]),
+            '"ACTIVE"',
+            "false",
+            "null",
+            '"NONE"',
+            trade.timestamp,
+            fixed(state.acc_trade_price + state.base_24h_price, 16, 16),
+            fixed(state.acc_trade_volume + state.base_24h_volume),
+            _q(stream_type),
+        )
+        .encode()
+    )
+
+
+def encode_orderbook(
+    state: MarketState, book: BookView, fmt: str, stream_type: str, timestamp: int
+) -> bytes:
+    unit_template = _UNIT_TEMPLATE[fmt]
+    size = fixed if fmt == DEFAULT else java
+    total = fixed if fmt == DEFAULT else plain
+    units = ",".join(
+        unit_template.format(java(ask), java(bid), size(ask_size), size(bid_size))
+        for ask, bid, ask_size, bid_size in book.units
+    )
+    return (
+        _BOOK_TEMPLATE[fmt]
+        .format(
+            '"orderbook"',
+            _q(state.code),
+            timestamp,
+            total(book.total_ask),
+            total(book.total_bid),
+            f"[{units}]",
+            _q(stream_type),
+            plain(book.level),
+        )
+        .encode()
+    )
+
+
+def encode_candle(code: str, candle: Candle, fmt: str, stream_type: str) -> bytes:
+    seconds = candle.start_ms // 1000
+    price = fixed if fmt == DEFAULT else dotted
+    accumulated = fixed(candle.acc_price, 16, 16) if fmt == DEFAULT else plain(candle.acc_price, 16)
+    return (
+        _CANDLE_TEMPLATE[fmt]
+        .format(
+            _q(f"candle.{candle.unit}"),
+            _q(code),
+            _q(_clock_text(seconds, "%Y-%m-%dT%H:%M:%S")),
+            _q(_clock_text(seconds + _KST_MS // 1000, "%Y-%m-%dT%H:%M:%S")),
+            price(candle.open),
+            price(candle.high),
+            price(candle.low),
+            price(candle.close),
+            plain(candle.volume),
+            accumulated,
+            candle.timestamp,
+            _q(stream_type),
+        )
+        .encode()
+    )
+
+
+STATUS_UP = b'{"status":"UP"}'
+
+
+def encode_error(name: str, message: str) -> bytes:
+    return json.dumps(
+        {"error": {"name": name, "message": message}}, ensure_ascii=False, separators=(",", ":")
+    ).encode()
+
+
+# --- REST bodies (quotation endpoints send JSON numbers, like the WebSocket) ---
+
+
+def rest_market(info: MarketInfo, details: bool) -> str:
+    item = {"market": info.code, "korean_name": info.korean_name, "english_name": info.english_name}
+    if details:
+        item["market_event"] = {
+            "warning": False,
+            "caution": {
+                "PRICE_FLUCTUATIONS": False,
+                "TRADING_VOLUME_SOARING": False,
+                "DEPOSIT_AMOUNT_SOARING": False,
+                "GLOBAL_PRICE_DIFFERENCES": False,
+                "CONCENTRATION_OF_SMALL_ACCOUNTS": False,
+            },
+        }
+    return json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+
+
+def rest_trade(trade: Trade) -> str:
+    seconds = trade.trade_timestamp // 1000
+    return (
+        f'{{"market":"{trade.code}",'
+        f'"trade_date_utc":"{_clock_text(seconds, "%Y-%m-%d")}",'
+        f'"trade_time_utc":"{_clock_text(seconds, "%H:%M:%S")}",'
+        f'"timestamp":{trade.trade_timestamp},'
+        f'"trade_price":{plain(trade.price)},"trade_volume":{plain(trade.volume)},'
+        f'"prev_closing_price":{plain(trade.prev_closing_price)},'
+        f'"change_price":{plain(trade.price - trade.prev_closing_price)},'
+        f'"ask_bid":"{trade.ask_bid}","sequential_id":{trade.sequential_id}}}'
+    )
+
+
+def rest_ticker(state: MarketState) -> str:
+    trade = state.last_trade
+    if trade is None:
+        raise ValueError(f"{state.code} has no trade yet; a ticker needs one")
+    prev = state.prev_closing_price
+    signed = trade.price - prev
+    rate = change_rate(trade.price, prev)
+    seconds = trade.trade_timestamp // 1000
+    kst = seconds + _KST_MS // 1000
+    return (
+        f'{{"market":"{state.code}",'
+        f'"trade_date":"{_clock_text(seconds, "%Y%m%d")}",'
+        f'"trade_time":"{_clock_text(seconds, "%H%M%S")}",'
+        f'"trade_date_kst":"{_clock_text(kst, "%Y%m%d")}",'
+        f'"trade_time_kst":"{_clock_text(kst, "%H%M%S")}",'
+        f'"trade_timestamp":{trade.trade_timestamp},'
+        f'"opening_price":{plain(state.opening_price)},"high_price":{plain(state.high_price)},'
+        f'"low_price":{plain(state.low_price)},"trade_price":{plain(trade.price)},'
+        f'"prev_closing_price":{plain(prev)},"change":"{change_of(trade.price, prev)}",'
+        f'"change_price":{plain(abs(signed))},"change_rate":{plain(rate, 10)},'
+        f'"signed_change_price":{plain(signed)},'
+        f'"signed_change_rate":{plain(rate if signed >= 0 else -rate, 10)},'
+        f'"trade_volume":{plain(trade.volume)},'
+        f'"acc_trade_price":{plain(state.acc_trade_price, 16)},'
+        f'"acc_trade_price_24h":{plain(state.acc_trade_price + state.base_24h_price, 16)},'
+        f'"acc_trade_volume":{plain(state.acc_trade_volume)},'
+        f'"acc_trade_volume_24h":{plain(state.acc_trade_volume + state.base_24h_volume)},'
+        f'"highest_52_week_price":{plain(state.high_52w[0])},'
+        f'"highest_52_week_date":"{state.high_52w[1]}",'
+        f'"lowest_52_week_price":{plain(state.low_52w[0])},'
+        f'"lowest_52_week_date":"{state.low_52w[1]}",'
+        f'"timestamp":{trade.timestamp}}}'
+    )
+
+
+def rest_orderbook(state: MarketState, book: BookView) -> str:
+    units = ",".join(
+        f'{{"ask_price":{plain(ask)},"bid_price":{plain(bid)},'
+        f'"ask_size":{plain(ask_size)},"bid_size":{plain(bid_size)}}}'
+        for ask, bid, ask_size, bid_size in book.units
+    )
+    return (
+        f'{{"market":"{state.code}","timestamp":{state.book_timestamp},'
+        f'"total_ask_size":{plain(book.total_ask)},"total_bid_size":{plain(book.total_bid)},'
+        f'"orderbook_units":[{units}],"level":{plain(book.level)}}}'
+    )

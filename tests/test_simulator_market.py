@@ -1,0 +1,175 @@
+"""Sans-IO parts of the simulator: numbers, markets, generator, request grammar."""
+
+from decimal import Decimal
+
+import pytest
+
+from simulator import numbers
+from simulator.encode import encode_orderbook, encode_ticker, encode_trade
+from simulator.generator import MarketGenerator
+from simulator.markets import MAX_MARKETS, market_list, tick_size
+from simulator.numbers import UNIT
+from simulator.request import RequestError, parse_request
+from simulator.testing import decode
+
+NOW = 1_790_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("value", "spell", "text"),
+    [
+        (11_653_900_000_000_000, numbers.java, "1.16539E8"),
+        (99, numbers.java, "9.9E-7"),
+        (50_000, numbers.java, "5.0E-4"),
+        (2_023_000_000_000, numbers.java, "20230.0"),
+        (0, numbers.java, "0.0"),
+        (-6, numbers.java, "-6.0E-8"),
+        (3_188_300_000_000_000, numbers.fixed, "31883000.00000000"),
+        (10_984_700_000_000_000, numbers.dotted, "109847000.0"),
+        (554_330, numbers.plain, "0.0055433"),
+        (-100_000_000, numbers.plain, "-1"),
+    ],
+)
+def test_number_spellings_are_exact(value, spell, text):
+    assert spell(value) == text
+    assert Decimal(text) == numbers.to_decimal(value)
+
+
+def test_market_list_is_fixed_and_covers_every_quote():
+    markets = market_list(300)
+    codes = [m.code for m in markets]
+    assert codes[:3] == ["KRW-BTC", "KRW-ETH", "KRW-XRP"]
+    assert len(set(codes)) == 300
+    assert {m.quote for m in market_list(10)} == {"KRW", "BTC", "USDT"}
+    assert [m.code for m in market_list(300)] == codes
+    assert len(market_list(MAX_MARKETS)) == MAX_MARKETS
+    with pytest.raises(ValueError, match="between 1"):
+        market_list(0)
+
+
+@pytest.mark.parametrize(
+    ("price_krw", "tick_krw"),
+    [("2500000", "1000"), ("700000", "500"), ("150000", "100"), ("60000", "50"),
+     ("20000", "10"), ("7000", "5"), ("1500", "1"), ("150", "1"), ("50", "0.01"),
+     ("5", "0.001"), ("0.5", "0.0001")],
+)  # fmt: skip
+def test_krw_tick_table(price_krw, tick_krw):
+    price = numbers.from_decimal(Decimal(price_krw))
+    assert numbers.to_decimal(tick_size("KRW", price)) == Decimal(tick_krw)
+    assert tick_size("BTC", price) == 1
+
+
+def test_generator_is_deterministic_per_seed():
+    def run(seed):
+        gen = MarketGenerator(market_list(20), seed=seed, now_ms=NOW)
+        return [(t.code, t.price, t.volume, t.ask_bid) for t in (gen.step(NOW) for _ in range(500))]
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+def test_generator_state_stays_consistent():
+    gen = MarketGenerator(market_list(30), seed=3, now_ms=NOW)
+    sids: dict[str, set[int]] = {}
+    volumes: dict[str, int] = {}
+    odd = 0
+    for i in range(20_000):
+        trade = gen.step(NOW + i // 10)
+        state = gen.states[trade.code]
+        assert state.best_bid < state.best_ask
+        assert trade.price in (state.best_ask, state.best_bid)
+        assert trade.price % tick_size(state.info.quote, trade.price) == 0
+        assert trade.sequential_id not in sids.setdefault(trade.code, set())
+        sids[trade.code].add(trade.sequential_id)
+        assert trade.sequential_id > 2**53
+        odd += trade.sequential_id % 2
+        assert state.acc_trade_volume > volumes.get(trade.code, 0)
+        volumes[trade.code] = state.acc_trade_volume
+        ticker = decode(encode_ticker(state, "DEFAULT", "REALTIME"))
+        assert ticker["trade_price"] == numbers.to_decimal(trade.price)
+        assert ticker["trade_volume"] == numbers.to_decimal(trade.volume)
+        assert ticker["low_price"] <= ticker["trade_price"] <= ticker["high_price"]
+    assert odd > 0
+    # Trades of one market, re-read from its history, are the ones generated.
+    code = "KRW-BTC"
+    assert (
+        list(gen.states[code].sids)[-5:] == [t.sequential_id for t in gen.states[code].trades][-5:]
+    )
+
+
+def test_orderbook_depth_levels_and_totals():
+    gen = MarketGenerator(market_list(6), seed=1, now_ms=NOW)
+    state = gen.states["KRW-BTC"]
+    for depth in (1, 5, 15, 30):
+        book = decode(encode_orderbook(state, state.book(depth), "DEFAULT", "SNAPSHOT", NOW))
+        units = book["orderbook_units"]
+        assert len(units) == depth
+        assert book["total_ask_size"] == sum(u["ask_size"] for u in units)
+        asks = [u["ask_price"] for u in units]
+        bids = [u["bid_price"] for u in units]
+        assert asks == sorted(asks) and bids == sorted(bids, reverse=True)
+        assert bids[0] < asks[0]
+    level = state.info.supported_levels[1]
+    grouped = decode(encode_orderbook(state, state.book(15, level), "SIMPLE", "SNAPSHOT", NOW))
+    assert grouped["lv"] == numbers.to_decimal(level)
+    for unit in grouped["obu"]:
+        assert unit["ap"] % numbers.to_decimal(level) == 0
+        assert unit["bp"] % numbers.to_decimal(level) == 0
+    assert state.book(15, 7 * UNIT) is None
+    assert gen.states["BTC-ETH"].book(15, state.info.supported_levels[1]) is None
+
+
+def test_trade_frame_keeps_big_odd_sequential_id_exact():
+    gen = MarketGenerator(market_list(3), seed=1, now_ms=NOW)
+    trade = gen.step(NOW)
+    trade.sequential_id = 17_103_275_719_220_001
+    assert decode(encode_trade(trade, "SIMPLE", "REALTIME"))["sid"] == 17_103_275_719_220_001
+
+
+@pytest.mark.parametrize(
+    ("message", "name"),
+    [
+        ("not json", "WRONG_FORMAT"),
+        ('{"ticket":"a"}', "WRONG_FORMAT"),
+        ("[]", "WRONG_FORMAT"),
+        ('[{"type":"ticker","codes":["KRW-BTC"]}]', "NO_TICKET"),
+        ('[{"ticket":"a"},{"codes":["KRW-BTC"]}]', "NO_TYPE"),
+        ('[{"ticket":"a"},{"format":"DEFAULT"}]', "NO_TYPE"),
+        ('[{"ticket":"a"},{"type":"ticker"}]', "NO_CODES"),
+        ('[{"ticket":"a"},{"type":"nope","codes":["KRW-BTC"]}]', "INVALID_PARAM"),
+        ('[{"ticket":"a"},{"type":"ticker","codes":"KRW-BTC"}]', "WRONG_FORMAT"),
+        (
+            '[{"ticket":"a"},{"type":"ticker","codes":["KRW-BTC"]},{"format":"XML"}]',
+            "INVALID_PARAM",
+        ),
+        ('[{"ticket":"a"},{"type":"myOrder"}]', "INVALID_AUTH"),
+    ],
+)
+def test_request_errors(message, name):
+    with pytest.raises(RequestError) as caught:
+        parse_request(message, private=False)
+    assert caught.value.name == name
+
+
+def test_private_request_rules():
+    with pytest.raises(RequestError) as caught:
+        parse_request('[{"ticket":"a"},{"type":"myAsset","codes":["KRW-BTC"]}]', private=True)
+    assert caught.value.name == "WRONG_FORMAT"
+    parsed = parse_request('[{"ticket":"a"},{"type":"myOrder"},{"type":"myAsset"}]', private=True)
+    assert [s.type for s in parsed.streams] == ["myOrder", "myAsset"]
+
+
+def test_request_grammar_details():
+    parsed = parse_request(
+        b'[{"ticket":"a"},{"type":"orderbook","codes":["KRW-BTC.5","KRW-ETH.7","KRW-XRP"],'
+        b'"level":10000,"isOnlySnapshot":true},{"format":"SIMPLE"}]',
+        private=False,
+    )
+    (stream,) = parsed.streams
+    assert parsed.format == "SIMPLE"
+    assert stream.codes == {"KRW-BTC": 5, "KRW-ETH": 30, "KRW-XRP": 30}
+    assert stream.level == 10_000 * UNIT
+    assert stream.only_snapshot and not stream.only_realtime
+    assert (
+        parse_request('[{"ticket":"a"},{"type":"trade","codes":["X"]}]', False).format == "DEFAULT"
+    )
