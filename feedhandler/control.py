@@ -36,14 +36,12 @@ from feedhandler.publisher import (
     apply_curve_client,
     bind_socket,
     check_endpoint,
-    default_endpoint,
 )
 from feedhandler.subscriptions import merge
 from feedhandler.upbit.subscription import Subscription, SubscriptionError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONTROL_ENDPOINT_NAME = "control.sock"
 MIN_LEASE_S = 0.1
 MAX_LEASE_S = 3600.0
 MAX_WORKER_ID_LEN = 128
@@ -51,10 +49,6 @@ SUBSCRIPTION_KEYS = frozenset({"type", "codes", "level", "is_only_snapshot", "is
 BUILTIN_COMMANDS = ("register", "renew", "unregister", "workers")
 
 Handler = Callable[[dict[str, Any]], Mapping[str, Any]]
-
-
-def default_control_endpoint() -> str:
-    return default_endpoint(DEFAULT_CONTROL_ENDPOINT_NAME)
 
 
 class ControlError(Exception):
@@ -230,7 +224,11 @@ class WorkerRegistry:
         *,
         pid: int | None = None,
     ) -> WorkerLease:
-        """Add or replace a worker's lease (re-registering keeps its counters)."""
+        """Add or replace a worker's lease.
+
+        Re-registering from the same pid keeps the gap and message counters; a new pid
+        (a restarted worker) starts them afresh, the old ones going into :meth:`totals`.
+        """
         _check_worker_id(worker_id)
         if not MIN_LEASE_S <= lease_s <= MAX_LEASE_S:
             raise BadRequest(f"lease_s {lease_s} outside [{MIN_LEASE_S}, {MAX_LEASE_S}]")
@@ -240,8 +238,12 @@ class WorkerRegistry:
             lease = WorkerLease(
                 worker_id, tuple(subscriptions), float(lease_s), now, now + lease_s, pid=pid
             )
-            if old is not None:
+            if old is not None and old.pid == pid:
+                # The same process asking again (its lease was lost): its counters go on.
                 lease.gaps, lease.received, lease.renewals = old.gaps, old.received, old.renewals
+            elif old is not None:
+                # A restarted process under the same id counts from zero again.
+                self._retire(old)
             self._leases[worker_id] = lease
             changed = self._recompute()
         self._notify(changed, ())

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import socket
 import stat
 import threading
 import time
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 # sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_IPC_PATH_BYTES = 107
+IPC_PROBE_TRIES = 10
+IPC_PROBE_INTERVAL_S = 0.02
 LOOPBACK_NAMES = frozenset({"localhost", "lo", "ip6-localhost"})
 
 
@@ -144,8 +147,8 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def check_endpoint(endpoint: str, *, curve: bool) -> str:
-    """Validate an endpoint for binding or connecting; prepare its ipc directory.
+def check_endpoint(endpoint: str, *, curve: bool, bind: bool = False) -> str:
+    """Validate an endpoint; for ``bind``, also prepare its ipc directory.
 
     Returns the endpoint unchanged. ``inproc://`` is allowed (same process).
     """
@@ -161,7 +164,9 @@ def check_endpoint(endpoint: str, *, curve: bool) -> str:
                 f"ipc path {address!r} is longer than {MAX_IPC_PATH_BYTES} bytes, the limit "
                 "of a unix socket address; use a shorter runtime directory"
             )
-        ensure_runtime_dir(path.parent)
+        if bind:
+            ensure_runtime_dir(path.parent)
+            _refuse_live_ipc_socket(path)
     elif transport == "tcp":
         # "tcp://host:port", "tcp://[::1]:port", "tcp://iface;host:port" (source spec).
         target = address.rsplit(";", 1)[-1]
@@ -177,6 +182,36 @@ def check_endpoint(endpoint: str, *, curve: bool) -> str:
     elif transport != "inproc":
         raise BusConfigError(f"endpoint {endpoint!r}: transport must be ipc, tcp or inproc")
     return endpoint
+
+
+def _refuse_live_ipc_socket(path: Path) -> None:
+    """libzmq silently replaces an existing ipc socket file; refuse one that still answers.
+
+    A file left by a crashed process refuses connections and is replaced as usual.
+    """
+    try:
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise BusConfigError(f"ipc path {path} exists and is not a socket")
+    except FileNotFoundError:
+        return
+    # A listener being closed (also by this process) lingers for a moment: look again.
+    for _ in range(IPC_PROBE_TRIES):
+        if not _ipc_answers(path):
+            return
+        time.sleep(IPC_PROBE_INTERVAL_S)
+    raise BusConfigError(f"ipc endpoint {path} is in use by another live process")
+
+
+def _ipc_answers(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def apply_curve_server(sock: zmq.Socket, curve: CurveKeys) -> None:
@@ -195,7 +230,7 @@ def apply_curve_client(sock: zmq.Socket, server_key: bytes, client: CurveKeys | 
 
 def bind_socket(sock: zmq.Socket, endpoint: str, curve: CurveKeys | None) -> str:
     """Check, secure and bind; returns the bound endpoint (a real port for ``tcp://*:*``)."""
-    check_endpoint(endpoint, curve=curve is not None)
+    check_endpoint(endpoint, curve=curve is not None, bind=True)
     if curve is not None:
         apply_curve_server(sock, curve)
     try:

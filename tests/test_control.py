@@ -136,14 +136,20 @@ def test_lease_expiry_with_fake_clock_and_change_notifications():
         registry.renew("a")
 
 
-def test_reregistering_replaces_wants_and_keeps_counters():
+def test_reregistering_replaces_wants_and_counters_follow_the_process():
     registry = WorkerRegistry(clock=FakeClock())
-    registry.register("w", [trade("KRW-BTC")], 5)
+    registry.register("w", [trade("KRW-BTC")], 5, pid=100)
     registry.renew("w", gaps=2, received=10)
-    registry.register("w", [trade("KRW-ETH")], 5)
+    registry.register("w", [trade("KRW-ETH")], 5, pid=100)
     assert registry.desired() == [trade("KRW-ETH")]
     (info,) = registry.workers()
     assert (info["gaps"], info["received"]) == (2, 10)
+    # A restarted worker (new pid, same id) counts from zero; the old counts stay in totals.
+    registry.register("w", [trade("KRW-ETH")], 5, pid=200)
+    registry.renew("w", gaps=1, received=3)
+    (info,) = registry.workers()
+    assert (info["pid"], info["gaps"], info["received"]) == (200, 1, 3)
+    assert registry.totals() == {"workers": 1, "gaps": 3, "received": 13}
 
 
 def test_subscription_from_json_validates():

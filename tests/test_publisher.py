@@ -1,5 +1,6 @@
 import os
 import shutil
+import socket
 import stat
 import tempfile
 import threading
@@ -292,3 +293,21 @@ def test_concurrent_publishers_keep_each_topic_gapless_and_ordered(run_dir, ctx)
         assert seqs == list(range(1, threads_n * per_thread + 1))
         assert pub.stats()["dropped"] == 0
         sub.close(0)
+
+
+def test_ipc_endpoint_of_a_live_process_is_refused_and_a_stale_one_replaced(run_dir, ctx):
+    endpoint = f"ipc://{run_dir}/pub.sock"
+    with Publisher(endpoint, context=ctx), pytest.raises(BusConfigError, match="in use"):
+        Publisher(endpoint, context=ctx)
+    # A socket file left behind by a crashed process answers nobody: it is replaced.
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(run_dir / "stale.sock"))
+    stale.close()
+    assert (run_dir / "stale.sock").exists()
+    with Publisher(f"ipc://{run_dir}/stale.sock", context=ctx) as pub:
+        sub = make_sub(ctx, pub.endpoint, b"warmup")
+        wait_joined(pub, sub)
+        sub.close(0)
+    (run_dir / "other").write_text("not a socket")
+    with pytest.raises(BusConfigError, match="not a socket"):
+        Publisher(f"ipc://{run_dir}/other", context=ctx)
