@@ -315,7 +315,9 @@ def derive_struct(
 
 
 def encoded_names(cls: type[msgspec.Struct]) -> frozenset[str]:
-    return frozenset(cls.__struct_encode_fields__)
+    """The wire keys a struct reads, its tag key (tagged unions) included."""
+    tag_field = cls.__struct_config__.tag_field
+    return frozenset(cls.__struct_encode_fields__) | ({tag_field} if tag_field else set())
 
 
 def copier(
