@@ -36,6 +36,7 @@ from pathlib import Path
 import orjson
 import zmq
 import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,39 @@ class CurveKeys:
         _write_certificate(public_file, self.public, None)
         _write_certificate(secret_file, self.public, self.secret)
         return public_file, secret_file
+
+
+class CurveClientAuthorizer:
+    """Admit only CURVE clients whose public keys are in ``keys_dir`` (``*.key`` files).
+
+    Without it, any client that knows the server's public key may connect (the traffic
+    is still encrypted). It applies to every CURVE server socket of ``context``; start
+    it before binding and :meth:`stop` it after the sockets are closed.
+    """
+
+    def __init__(self, context: zmq.Context, keys_dir: str | os.PathLike[str]) -> None:
+        folder = Path(keys_dir)
+        if not folder.is_dir():
+            raise BusConfigError(f"CURVE client keys directory {folder} does not exist")
+        if not any(folder.glob("*.key")):
+            raise BusConfigError(f"CURVE client keys directory {folder} holds no *.key file")
+        self._auth = ThreadAuthenticator(context, log=log.getChild("zap"))
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(folder))
+        self.keys_dir = folder
+
+    def reload(self) -> None:
+        """Re-read the key directory (after adding or removing a client key)."""
+        self._auth.configure_curve(domain="*", location=str(self.keys_dir))
+
+    def stop(self) -> None:
+        self._auth.stop()
+
+    def __enter__(self) -> CurveClientAuthorizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def load_public_key(path: str | os.PathLike[str]) -> bytes:

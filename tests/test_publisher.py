@@ -13,6 +13,7 @@ import zmq
 
 from feedhandler.publisher import (
     BusConfigError,
+    CurveClientAuthorizer,
     CurveKeys,
     Publisher,
     apply_curve_client,
@@ -311,3 +312,35 @@ def test_ipc_endpoint_of_a_live_process_is_refused_and_a_stale_one_replaced(run_
     (run_dir / "other").write_text("not a socket")
     with pytest.raises(BusConfigError, match="not a socket"):
         Publisher(f"ipc://{run_dir}/other", context=ctx)
+
+
+def test_curve_authorizer_admits_only_listed_client_keys(run_dir, ctx):
+    run_dir.mkdir(mode=0o700)
+    clients_dir = run_dir / "clients"
+    clients_dir.mkdir()
+    server = CurveKeys.generate()
+    allowed = CurveKeys.generate()
+    stranger = CurveKeys.generate()
+    allowed.save(run_dir, "allowed")
+    (clients_dir / "allowed.key").write_bytes((run_dir / "allowed.key").read_bytes())
+    with (
+        CurveClientAuthorizer(ctx, clients_dir),
+        Publisher("tcp://127.0.0.1:*", curve=server, context=ctx) as pub,
+    ):
+        good = ctx.socket(zmq.SUB)
+        bad = ctx.socket(zmq.SUB)
+        for sock, keys in ((good, allowed), (bad, stranger)):
+            sock.linger = 0
+            apply_curve_client(sock, server.public, keys)
+            sock.subscribe(b"trade.")
+            sock.connect(pub.endpoint)
+        wait_joined(pub, good)
+        pub.publish(b"trade.KRW-BTC", b"{}", 1)
+        assert good.poll(2000) and good.recv().startswith(b"trade.KRW-BTC ")
+        assert not bad.poll(300), "a client key outside the directory must get nothing"
+        good.close(0)
+        bad.close(0)
+    empty = run_dir / "empty"
+    empty.mkdir()
+    with pytest.raises(BusConfigError, match=r"no \*\.key"):
+        CurveClientAuthorizer(ctx, empty)

@@ -18,7 +18,13 @@ import pytest
 import zmq
 
 from feedhandler.control import ControlServer, WorkerRegistry
-from feedhandler.publisher import Publisher, encode_frame, ensure_runtime_dir
+from feedhandler.publisher import (
+    CurveClientAuthorizer,
+    CurveKeys,
+    Publisher,
+    encode_frame,
+    ensure_runtime_dir,
+)
 from feedhandler.upbit import Subscription
 from workers import Supervisor, Trade, Worker, WorkerError, WorkerSpec
 from workers.events import ASSET_DECODER, ORDER_DECODER, TRADE_DECODER
@@ -707,3 +713,48 @@ def test_supervise_command_stops_its_workers_on_sigterm(feed, run_dir):
         assert feed.expired == []
     finally:
         stop_process(proc)
+
+
+def test_worker_over_tcp_with_curve_keys_from_files(run_dir, ctx):
+    server_keys = CurveKeys.generate()
+    worker_keys = CurveKeys.generate()
+    server_public, _ = server_keys.save(run_dir, "feed")
+    _, worker_secret = worker_keys.save(run_dir, "worker")
+    clients = run_dir / "clients"
+    clients.mkdir()
+    (clients / "worker.key").write_bytes((run_dir / "worker.key").read_bytes())
+    registry = WorkerRegistry()
+    with (
+        CurveClientAuthorizer(ctx, clients),
+        Publisher("tcp://127.0.0.1:*", curve=server_keys, context=ctx) as publisher,
+        ControlServer(
+            "tcp://127.0.0.1:*",
+            registry=registry,
+            curve=server_keys,
+            hello=lambda: {"pub_endpoint": publisher.endpoint},
+            context=ctx,
+        ) as server,
+    ):
+        keys = ("--curve-server-key", str(server_public), "--curve-client-key", str(worker_secret))
+        proc = spawn_worker(
+            "tests.test_workers:RecordingWorker",
+            "KRW-BTC",
+            server.endpoint,
+            "--worker-id",
+            "remote",
+            *keys,
+            stderr_path=run_dir / "stderr",
+        )
+        lines = ChildLines(proc)
+        try:
+            lines.wait_for(lambda e: e["ev"] == "start", what="worker start over CURVE")
+            warm_up(lambda: publisher.publish_sys("warmup", {}), lines)
+            publisher.publish(b"trade.KRW-BTC", trade_json("KRW-BTC", 1), 1)
+            trade = lines.wait_for(lambda e: e["ev"] == "trade", what="a trade over CURVE")
+            assert trade["sid"] == BIG_SEQUENTIAL_ID + 1
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0
+            assert "remote" not in registry
+        finally:
+            lines.close()
+            stop_process(proc)

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 
 from feedhandler.config import ConfigError
-from feedhandler.publisher import BusConfigError, load_public_key
+from feedhandler.publisher import BusConfigError, CurveKeys, load_public_key
 from workers.supervisor import Supervisor, WorkerSpec
 from workers.worker import Worker, WorkerError
 
@@ -72,12 +72,14 @@ def _symbols(text: str) -> list[str]:
 def _run(args: argparse.Namespace) -> int:
     cls = load_worker_class(args.target)
     server_key = load_public_key(args.curve_server_key) if args.curve_server_key else None
+    client_keys = CurveKeys.load(args.curve_client_key) if args.curve_client_key else None
     worker = cls(
         args.symbols,
         control_endpoint=control_endpoint(args),
         worker_id=args.worker_id,
         lease_s=args.lease,
         curve_server_key=server_key,
+        curve_client=client_keys,
     )
     stop = threading.Event()
     _install_stop_handlers(stop)
@@ -92,6 +94,10 @@ def _supervise(args: argparse.Namespace) -> int:
         extra += ["--config", str(args.config)]
     if args.duration is not None:
         extra += ["--duration", str(args.duration)]
+    for option in ("curve_server_key", "curve_client_key"):
+        value = getattr(args, option)
+        if value is not None:
+            extra += ["--" + option.replace("_", "-"), str(value)]
     supervisor = Supervisor(
         specs,
         control_endpoint=args.control,
@@ -118,12 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", type=Path, help="feed config to derive the endpoint from")
         sub.add_argument("--duration", type=float, help="stop after this many seconds")
         sub.add_argument("--lease", type=float, default=10.0, help="lease seconds (renew: 1/3)")
+        sub.add_argument("--curve-server-key", type=Path, help="the feed's CURVE public key file")
+        sub.add_argument("--curve-client-key", type=Path, help="the worker's .key_secret file")
 
     run = commands.add_parser("run", help="run one worker in this process")
     run.add_argument("target", help="package.module:Class")
     run.add_argument("--symbols", type=_symbols, required=True, help="KRW-BTC,KRW-ETH")
     run.add_argument("--worker-id", help="stable id (default: Class-host-pid)")
-    run.add_argument("--curve-server-key", type=Path, help="the feed's CURVE public key file")
     common(run)
     run.set_defaults(handler=_run)
 

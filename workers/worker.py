@@ -36,7 +36,12 @@ from feedhandler.control import (
     ControlTimeout,
     UnknownWorker,
 )
-from feedhandler.publisher import apply_curve_client, check_endpoint, subscription_prefix
+from feedhandler.publisher import (
+    CurveKeys,
+    apply_curve_client,
+    check_endpoint,
+    subscription_prefix,
+)
 from feedhandler.upbit.subscription import ALL_TYPES, CANDLE_TYPES, Subscription, split_code
 from workers.events import (
     ASSET_DECODER,
@@ -123,6 +128,7 @@ class Worker:
         shm_timeout: float = 5.0,
         shm_poll_interval_s: float = 0.002,
         curve_server_key: bytes | None = None,
+        curve_client: CurveKeys | None = None,
         context: zmq.Context | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -143,6 +149,7 @@ class Worker:
         self._shm_timeout = shm_timeout
         self._shm_poll_interval_s = shm_poll_interval_s
         self._curve_server_key = curve_server_key
+        self._curve_client = curve_client
         self._context = context or zmq.Context.instance()
         self._clock = clock
 
@@ -337,6 +344,7 @@ class Worker:
                 self.control_endpoint,
                 timeout=self._control_timeout,
                 curve_server_key=self._curve_server_key,
+                curve_client=self._curve_client,
                 context=self._context,
             )
             self._register()
@@ -375,7 +383,7 @@ class Worker:
         sub = self._context.socket(zmq.SUB)
         sub.linger = 0
         if self._curve_server_key is not None:
-            apply_curve_client(sub, self._curve_server_key, None)
+            apply_curve_client(sub, self._curve_server_key, self._curve_client)
         for prefix in self.topic_prefixes():
             sub.subscribe(prefix)
         sub.connect(endpoint)
