@@ -543,6 +543,8 @@ class ControlServer:
         if not math.isfinite(lease_s):
             raise BadRequest("lease_s must be finite")
         pid = request.get("pid")
+        # Before registering: a failing hello must not leave a lease the worker never saw.
+        hello = dict(self._hello()) if self._hello is not None else {}
         lease = self.registry.register(
             worker_id, subs, float(lease_s), pid=pid if isinstance(pid, int) else None
         )
@@ -553,7 +555,6 @@ class ControlServer:
             len(subs),
             lease.lease_s,
         )
-        hello = dict(self._hello()) if self._hello is not None else {}
         return {**hello, "worker_id": worker_id, "lease_s": lease.lease_s}
 
 

@@ -355,3 +355,22 @@ def test_curve_control_round_trip(ctx):
         with pytest.raises(ControlTimeout):
             plain.request("workers")
         plain.close()
+
+
+def test_a_failing_hello_leaves_no_lease(run_dir, ctx):
+    registry = WorkerRegistry()
+
+    def hello():
+        raise OSError("shm segment not created yet")
+
+    with ControlServer(
+        f"ipc://{run_dir}/c.sock", registry=registry, hello=hello, context=ctx
+    ) as server:
+        client = ControlClient(server.endpoint, context=ctx)
+        reply = client.request(
+            "register", worker_id="w", subscriptions=[{"type": "trade", "codes": ["KRW-BTC"]}]
+        )
+        assert reply["error"] == {"name": "OSError", "message": "shm segment not created yet"}
+        assert len(registry) == 0
+        assert registry.desired() == []
+        client.close()
