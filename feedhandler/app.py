@@ -1,0 +1,421 @@
+"""The feed process: every part wired together, started and stopped in order.
+
+Start-up: market list from REST (retried until the upstream answers, so an
+unreachable exchange at start is survived), shm writers for every listed market,
+the ZeroMQ publisher and control server, the subscription registry fed by the config
+and by worker leases, one thread per upstream connection, the backfill thread and a
+housekeeping thread (shm heartbeats, health warnings). Stop: connections first, then
+the bus, then the shm segments (unlinked), within about a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from feedhandler.backoff import Backoff, sleep_interruptibly
+from feedhandler.config import Settings
+from feedhandler.connection import ConnectionSettings, UpstreamConnection
+from feedhandler.control import ControlServer, WorkerRegistry
+from feedhandler.health import ConnectionHealth, HealthThresholds, process_health
+from feedhandler.logs import RateLimitedLog, register_secret
+from feedhandler.publisher import CurveKeys, Publisher
+from feedhandler.ratelimit import RateLimiter, RateLimitSettings
+from feedhandler.rest import RestClient, RestError
+from feedhandler.router import Router, publish_trade_to
+from feedhandler.subscriptions import (
+    PRIVATE_CONNECTION,
+    CapacityError,
+    ConnectionPlan,
+    SubscriptionRegistry,
+)
+from feedhandler.trades import Backfiller, TradeSequencer
+from feedhandler.upbit import ProtocolError
+from shm import OrderbookWriter, TickerWriter
+
+log = logging.getLogger("feedhandler.app")
+
+HOUSEKEEPING_INTERVAL = 0.5
+STOP_JOIN_SECONDS = 1.0
+
+
+class StartupAborted(RuntimeError):
+    """Stop was requested before the feed finished starting."""
+
+
+def _limiter_settings(settings: Settings) -> RateLimitSettings:
+    rl = settings.rate_limiter
+    return RateLimitSettings(
+        enabled=rl.enable_rate_limiter,
+        dynamic=rl.enable_dynamic_adjustment,
+        strategy=rl.strategy,
+        error_threshold=rl.error_threshold,
+        reduction_ratio=rl.reduction_ratio,
+        recovery_delay=rl.recovery_delay,
+    )
+
+
+def _thresholds(settings: Settings) -> HealthThresholds:
+    h = settings.health
+    return HealthThresholds(
+        health_score=h.health_score,
+        consecutive_errors=h.consecutive_errors,
+        inactive_seconds=h.inactive_seconds,
+        memory_usage_mb=h.memory_usage_mb,
+        reconnect_count=h.reconnect_count,
+        stall_seconds=h.stall_seconds,
+    )
+
+
+def _curve(settings: Settings) -> CurveKeys | None:
+    secret_file = settings.zmq.curve_server_secret_key_file
+    return CurveKeys.load(secret_file) if secret_file else None
+
+
+class FeedProcess:
+    """The running feed: build with settings, then :meth:`start`, :meth:`stop`."""
+
+    def __init__(self, settings: Settings, *, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self._rng = rng or random.Random()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.limiter = RateLimiter(_limiter_settings(settings))
+        self.rest = RestClient(settings.upbit.rest_url, self.limiter, stop=self._stop)
+        self.connections: dict[str, UpstreamConnection] = {}
+        self.market_codes: list[str] = []
+        self.ticker_writer: TickerWriter | None = None
+        self.orderbook_writer: OrderbookWriter | None = None
+        self.publisher: Publisher | None = None
+        self.control: ControlServer | None = None
+        self.registry: SubscriptionRegistry | None = None
+        self.workers: WorkerRegistry | None = None
+        self.trades: TradeSequencer | None = None
+        self.router: Router | None = None
+        self._threads: list[threading.Thread] = []
+        self._bad_frames = RateLimitedLog(log, interval=10.0)
+        self.started_at = time.time()
+
+    # -- start -----------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def start(self) -> None:
+        s = self.settings
+        self.market_codes = self._fetch_market_codes()
+        self.ticker_writer = TickerWriter(
+            s.shm.prefix,
+            self.market_codes,
+            capacity=s.shm.ticker_capacity,
+            max_symbols=len(self.market_codes) + 256,
+        )
+        self.orderbook_writer = OrderbookWriter(
+            s.shm.prefix,
+            self.market_codes,
+            capacity=s.shm.orderbook_capacity,
+            max_symbols=len(self.market_codes) + 256,
+        )
+        curve = _curve(s)
+        self.publisher = Publisher(s.pub_endpoint(), sndhwm=s.zmq.sndhwm, curve=curve)
+        self.trades = TradeSequencer(publish_trade_to(self.publisher), self.publisher.publish_sys)
+        self.router = Router(
+            ticker_writer=self.ticker_writer,
+            orderbook_writer=self.orderbook_writer,
+            bus=self.publisher,
+            trades=self.trades,
+            on_bad_frame=self._on_bad_frame,
+        )
+        self.registry = SubscriptionRegistry(
+            max_codes_per_connection=s.connection.max_codes_per_connection,
+            max_connections=s.connection.max_connections,
+            on_plan_change=self._on_plan_change,
+        )
+        self.workers = WorkerRegistry(
+            on_change=self._on_workers_changed, on_expired=self._on_lease_expired
+        )
+        self.control = ControlServer(
+            s.control_endpoint(),
+            handlers={
+                "status": lambda _req: self.status(),
+                "health": lambda _req: self.health(),
+                "metrics": lambda _req: self.metrics(),
+                "segments": lambda _req: self.segments(),
+                "subscriptions": lambda _req: {"subscriptions": self.registry_summary()},
+            },
+            registry=self.workers,
+            hello=self.hello,
+            curve=curve,
+        )
+        self.control.start()
+        self.registry.set_source("config", s.subscription_objects(self.market_codes))
+        if s.backfill.enabled:
+            backfiller = Backfiller(
+                self.trades,
+                self.rest,
+                self._stop,
+                page_size=s.backfill.page_size,
+                max_pages=s.backfill.max_pages,
+            )
+            backfiller.start()
+            self._threads.append(backfiller)
+        housekeeping = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
+        housekeeping.start()
+        self._threads.append(housekeeping)
+        log.info(
+            "event=feed_started markets=%d pub=%s control=%s shm_prefix=%s",
+            len(self.market_codes),
+            self.publisher.endpoint,
+            self.control.endpoint,
+            s.shm.prefix,
+        )
+
+    def _fetch_market_codes(self) -> list[str]:
+        r = self.settings.reconnection
+        backoff = Backoff(
+            base=r.base_delay,
+            factor=r.exponential_base,
+            cap=r.max_delay,
+            jitter=r.jitter,
+            max_attempts=r.max_attempts,
+            rng=self._rng,
+        )
+        while True:
+            try:
+                codes = self.rest.market_codes()
+            except RestError as exc:
+                delay = backoff.next_delay()
+                log.warning(
+                    "event=market_list_failed attempt=%d retry_in=%.2f error=%r",
+                    backoff.attempts,
+                    delay,
+                    str(exc),
+                )
+                if sleep_interruptibly(self._stop, delay):
+                    raise StartupAborted("stopped while waiting for the market list") from exc
+                continue
+            if not codes:
+                raise RestError("/v1/market/all", 200, "the exchange lists no markets")
+            return codes
+
+    # -- registry and connections ----------------------------------------------------
+
+    def _on_plan_change(self, name: str, plan: ConnectionPlan) -> None:
+        with self._lock:
+            if self._stop.is_set():
+                return
+            conn = self.connections.get(name)
+            if not plan.subscriptions:
+                if conn is not None:
+                    conn.stop()
+                    del self.connections[name]
+                return
+            if conn is None or not conn.alive:
+                conn = self._new_connection(name, plan.private)
+                self.connections[name] = conn
+                conn.plan_changed()
+                conn.start()
+            else:
+                conn.plan_changed()
+
+    def _new_connection(self, name: str, private: bool) -> UpstreamConnection:
+        s = self.settings
+        url = s.upbit.private_url if private else s.upbit.public_url
+        credentials = s.credentials if private else None
+        if credentials is not None:
+            register_secret(credentials.access_key)
+            register_secret(credentials.secret_key)
+        assert self.router is not None and self.publisher is not None and self.trades
+        assert self.registry is not None
+        return UpstreamConnection(
+            name,
+            ConnectionSettings(
+                url=url,
+                private=private,
+                format=s.upbit.format,
+                heartbeat_interval=s.connection.heartbeat_interval,
+                connect_timeout=s.connection.connect_timeout,
+                recv_timeout=s.connection.recv_timeout,
+                compression=s.connection.enable_compression,
+                stall_seconds=s.health.stall_seconds,
+                base_delay=s.reconnection.base_delay,
+                max_delay=s.reconnection.max_delay,
+                exponential_base=s.reconnection.exponential_base,
+                jitter=s.reconnection.jitter,
+                max_attempts=s.reconnection.max_attempts,
+                give_up=s.reconnection.give_up,
+                jwt_algorithm=s.upbit.jwt_algorithm,
+            ),
+            registry=self.registry,
+            limiter=self.limiter,
+            router=self.router,
+            bus=self.publisher,
+            trades=self.trades,
+            health=ConnectionHealth(name, _thresholds(s), expects_data=not private),
+            credentials=credentials,
+            rng=random.Random(self._rng.random()),
+        )
+
+    def _on_workers_changed(self) -> None:
+        assert self.workers is not None and self.registry is not None
+        try:
+            self.registry.set_source("workers", self.workers.desired())
+        except CapacityError as exc:
+            log.error("event=worker_subscriptions_rejected error=%r", str(exc))
+            if self.publisher is not None:
+                self.publisher.publish_sys("error", {"name": "capacity", "message": str(exc)})
+
+    def _on_lease_expired(self, worker_id: str) -> None:
+        log.warning("event=worker_lease_expired worker_id=%s", worker_id)
+        if self.publisher is not None:
+            self.publisher.publish_sys("worker_lease_expired", {"worker_id": worker_id})
+
+    def _on_bad_frame(self, connection: str, error: ProtocolError) -> None:
+        self._bad_frames.log(
+            logging.WARNING,
+            f"bad_frame:{connection}",
+            "bad_frame",
+            connection=connection,
+            error=str(error),
+        )
+
+    # -- housekeeping ----------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        warned: set[str] = set()
+        while not sleep_interruptibly(self._stop, HOUSEKEEPING_INTERVAL):
+            for writer in (self.ticker_writer, self.orderbook_writer):
+                if writer is not None and not writer.closed:
+                    writer.heartbeat()
+            self._bad_frames.flush_due()
+            for name, conn in list(self.connections.items()):
+                for warning in conn.health.snapshot().get("warnings", []):
+                    key = f"{name}:{warning}"
+                    if key not in warned:
+                        warned.add(key)
+                        log.warning("event=health_warning connection=%s warning=%r", name, warning)
+                        if self.publisher is not None:
+                            self.publisher.publish_sys(
+                                "health_warning", {"connection": name, "warning": warning}
+                            )
+
+    # -- status ----------------------------------------------------------------------
+
+    def hello(self) -> dict[str, Any]:
+        assert self.publisher is not None
+        return {
+            "pub_endpoint": self.publisher.endpoint,
+            "shm_prefix": self.settings.shm.prefix,
+            "segments": self.segment_names(),
+            "pid": os.getpid(),
+        }
+
+    def segment_names(self) -> list[str]:
+        return [w.name for w in (self.ticker_writer, self.orderbook_writer) if w is not None]
+
+    def registry_summary(self) -> list[dict[str, object]]:
+        if self.registry is None:
+            return []
+        last = {n: c.last_message_at for n, c in self.connections.items() if c.last_message_at}
+        return self.registry.summary(last)
+
+    def health(self) -> dict[str, Any]:
+        conns = {name: c.status() for name, c in list(self.connections.items())}
+        scores = [c["health_score"] for c in conns.values()]
+        score = min(scores) if scores else 1.0
+        proc = process_health(self.settings.health.memory_usage_mb)
+        if any(c.get("failed") for c in conns.values()) or (conns and score == 0.0):
+            state = "down"
+        elif score < self.settings.health.health_score or proc.get("warnings"):
+            state = "degraded"
+        else:
+            state = "healthy"
+        return {"state": state, "health_score": score, "connections": conns, "process": proc}
+
+    def segments(self) -> dict[str, Any]:
+        out = []
+        for writer in (self.ticker_writer, self.orderbook_writer):
+            if writer is None:
+                continue
+            out.append(
+                {
+                    "name": writer.name,
+                    "path": writer.path,
+                    "kind": writer.kind,
+                    "capacity": writer.capacity,
+                    "symbols": len(writer.codes),
+                    "head": writer.head,
+                    "generation": writer.generation,
+                    "record_size": writer.dtype.itemsize,
+                    "dtype": str(writer.dtype.descr),
+                }
+            )
+        return {"segments": out}
+
+    def metrics(self) -> dict[str, Any]:
+        assert self.router is not None and self.publisher is not None and self.trades
+        return {
+            "messages": dict(self.router.counts),
+            "unknown_codes": dict(self.router.unknown_codes),
+            "publisher": self.publisher.stats(),
+            "trades": self.trades.status(),
+            "rest": {"calls": self.rest.calls, "rate_limited": self.rest.rate_limited},
+            "rate_limiter": self.limiter.status(),
+            "workers": self.workers.totals() if self.workers else {},
+        }
+
+    def status(self) -> dict[str, Any]:
+        health = self.health()
+        return {
+            "state": health["state"],
+            "health": health,
+            "uptime_s": time.time() - self.started_at,
+            "markets": len(self.market_codes),
+            "subscriptions": self.registry_summary(),
+            "rate_limiter": self.limiter.status(),
+            "segments": self.segments()["segments"],
+            "metrics": self.metrics(),
+            "workers": self.workers.workers() if self.workers else [],
+            "private": PRIVATE_CONNECTION in self.connections,
+        }
+
+    # -- stop ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            conns = list(self.connections.values())
+        for conn in conns:
+            conn.stop()
+        deadline = time.monotonic() + STOP_JOIN_SECONDS
+        for conn in conns:
+            conn.join(max(0.0, deadline - time.monotonic()))
+        if self.control is not None:
+            self.control.stop()
+        for thread in self._threads:
+            thread.join(max(0.05, deadline - time.monotonic()))
+        if self.publisher is not None:
+            self.publisher.close()
+        for writer in (self.ticker_writer, self.orderbook_writer):
+            if writer is not None and not writer.closed:
+                writer.close(unlink=True)
+        log.info("event=feed_stopped")
+
+
+def run_until_stopped(feed: FeedProcess, wait: Callable[[float], bool]) -> None:
+    """Start ``feed`` and block until ``wait`` reports a stop request, then stop it."""
+    try:
+        feed.start()
+        while not wait(0.2) and not feed.stopping:
+            pass
+    finally:
+        feed.stop()
