@@ -131,7 +131,7 @@ class ControlApi:
             seconds = _number(body, "seconds", 1.0)
             exchange._spawn(exchange.restart(seconds))
             await asyncio.sleep(0)
-            while exchange.listening:
+            while not exchange.down:
                 await asyncio.sleep(0.005)
             return {"down_for": seconds}
         if action == "ratelimit_errors":

@@ -184,6 +184,7 @@ class Exchange:
         self.ws_server: Server | None = None
         self.ws_port = config.port
         self.listening = False
+        self.down = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         # Imported here: rest.py and control.py need the Exchange type.
@@ -234,6 +235,7 @@ class Exchange:
         self.ws_port = int(next(iter(self.ws_server.sockets)).getsockname()[1])
         self.rest_port = await self.rest_http.start(self.config.host, self.rest_port)
         self.listening = True
+        self.down = False
 
     async def _unlisten(self, reason: str) -> None:
         self.listening = False
@@ -244,6 +246,7 @@ class Exchange:
             await self.ws_server.wait_closed()
             self.ws_server = None
         await self.rest_http.close()
+        self.down = True
 
     async def stop(self) -> None:
         self._stopping = True
