@@ -758,3 +758,32 @@ def test_worker_over_tcp_with_curve_keys_from_files(run_dir, ctx):
         finally:
             lines.close()
             stop_process(proc)
+
+
+def test_spread_monitor_process_reads_shm_and_leaves_the_segment_alone(feed, run_dir):
+    shm = pytest.importorskip("shm")
+    if not hasattr(shm, "attach") or not hasattr(shm, "OrderbookWriter"):
+        pytest.skip("shm.attach / shm.OrderbookWriter not available")
+    prefix = f"upft-{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
+    writer = shm.OrderbookWriter(prefix, ["KRW-BTC", "KRW-ETH"], capacity=64)
+    feed.hello_info["shm_prefix"] = prefix
+    try:
+        writer.write_orderbook(Book("KRW-BTC", [(100_000.0, 100_008.0)]), 1)
+        target = ("workers.examples.spread:SpreadMonitor", "--symbols", "KRW-BTC")
+        options = ("--duration", "1.5", "--control", feed.server.endpoint)
+        proc = subprocess.run(
+            [*WORKERS_RUN, *target, *options],
+            cwd=REPO,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr.decode()
+        last = proc.stdout.decode().splitlines()[-1]
+        assert last == "spread updates=1 KRW-BTC mid=100004 spread=8 (0.80bp)"
+        # A reader process exiting must not destroy the writer's segment.
+        reader = shm.attach(prefix, "orderbook", timeout=1)
+        assert reader.latest("KRW-BTC")["levels"][0]["ask_price"] == 100_008.0
+        reader.close()
+    finally:
+        writer.close()
