@@ -6,13 +6,15 @@ text, so :class:`HotTrade` keeps each decimal as the raw JSON number it arrived 
 (a ``msgspec.Raw`` slice of the frame, no parsing) and turns it into text only when
 asked (properties, :func:`trade_to_json`).
 
-:class:`HotDecoder` decodes with one msgspec tagged union per wire format
-(tag ``type`` for DEFAULT, ``ty`` for SIMPLE), one pass per frame. It tries the
-preferred format first, then the other one; anything that is neither a hot kind nor
-valid for these unions goes through the typed :class:`~feedhandler.upbit.decode.Decoder`
-(candles, private events, errors, status, legacy frames, schema drift), whose
-``unknown_fields`` counter it shares. Instances of format-specific subclasses of the
-three hot structs may be returned; they have the same attributes.
+:class:`HotDecoder` decodes the requested format's frames with one msgspec tagged
+union (tag ``type`` for DEFAULT, ``ty`` for SIMPLE) in one pass. Every struct forbids
+unknown keys, so a frame of the other format cannot be misread: it fails that pass and
+is routed by its type key to the matching schema. Kinds that are not hot (candles,
+private events, errors, status) go through the typed
+:class:`~feedhandler.upbit.decode.Decoder`, whose ``unknown_fields`` counter the hot
+decoder shares; legacy frames and schema drift take the same slow route.
+Instances of format-specific subclasses of the three hot structs may be returned; they
+have the same attributes.
 """
 
 from __future__ import annotations
@@ -248,8 +250,9 @@ def _union_decoder(schemas: dict[str, WireSchema]) -> msgspec.json.Decoder[Any]:
 class HotDecoder:
     """Decodes ticker / orderbook / trade frames into hot structs, everything else typed.
 
-    ``format`` is the format the request asked for and is tried first; a frame of the
-    other format is still decoded correctly (one failed pass later). ``decoder`` is
+    ``format`` is the format the request asked for: its tagged union decodes the frame
+    in one pass. Any other frame (the other format, candles, private events, drift) is
+    routed by its type key and decoded by the matching schema or the typed decoder. ``decoder`` is
     the typed decoder used as fallback; its ``unknown_fields`` is this object's too.
     """
 
@@ -267,10 +270,7 @@ class HotDecoder:
         self._typed = decoder if decoder is not None else Decoder(max_frame_bytes=max_frame_bytes)
         self.unknown_fields: Counter[str] = self._typed.unknown_fields
         self._schemas = {fmt: _hot_schemas(fmt) for fmt in (DEFAULT, SIMPLE)}
-        unions = {fmt: _union_decoder(schemas) for fmt, schemas in self._schemas.items()}
-        other = SIMPLE if format == DEFAULT else DEFAULT
-        self._unions = (unions[format], unions[other])
-        self._first = unions[format].decode
+        self._first = _union_decoder(self._schemas[format]).decode
 
     def decode(self, frame: bytes) -> HotTicker | HotOrderbook | HotTrade | Event:
         """One object frame -> a hot struct (ticker, orderbook, trade) or a typed event."""
@@ -282,27 +282,22 @@ class HotDecoder:
         return self._decode_slow(frame)
 
     def _decode_slow(self, frame: object) -> Any:
+        """Frames the preferred union refused: the other format, other kinds, drift, errors."""
         data = as_frame_bytes(frame, self.max_frame_bytes)
         if first_char(data) == ord("["):
             raise ProtocolError("array frame (JSON_LIST/SIMPLE_LIST); use decode_all", data)
-        for union in self._unions:
-            try:
-                return union.decode(data)
-            except DECODE_ERRORS:
-                continue
         where = route(data)
-        schemas = self._schemas.get(where.format)
-        if schemas is None or where.kind not in schemas:
+        schema = self._schemas[where.format].get(where.kind) if where.format else None
+        if schema is None:
             return self._typed.decode_routed(data, where)
-        schema = schemas[where.kind]
         if where.legacy:
             data = rewrite_legacy(data, where)
         try:
             return schema.strict.decode(data)
         except DECODE_ERRORS as exc:
             error = exc
-        unknown, _ = schema.extra_keys(data)
-        if not unknown:
+        unknown, sim_ns = schema.extra_keys(data)
+        if not unknown and not sim_ns:
             raise ProtocolError(f"invalid {where.kind} frame ({error})", data) from None
         try:
             hot = schema.lenient.decode(data)

@@ -1,0 +1,30 @@
+"""``python -m bench NAME [options]`` runs ``bench.NAME.main(options)`` (e.g. ``codec``)."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        sys.stdout.write("usage: python -m bench NAME [options]   (for example: codec)\n")
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if re.fullmatch(r"[a-z_][a-z0-9_]*", name) is None:
+        sys.stderr.write(f"not a benchmark name: {name!r}\n")
+        return 2
+    try:
+        module = importlib.import_module(f"bench.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"bench.{name}":
+            raise
+        sys.stderr.write(f"no benchmark named {name!r}\n")
+        return 2
+    return int(module.main(rest))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
