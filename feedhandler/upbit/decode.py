@@ -6,8 +6,9 @@ that is not a valid Upbit message raises :class:`ProtocolError` and nothing else
 
 How a frame is decoded:
 
-1. A small envelope struct reads only the routing keys (``type`` / ``ty`` /
-   ``error`` / ``status`` / legacy ``market`` / ``mk``); msgspec skips the rest.
+1. The type is read off the frame's prefix (Upbit writes ``{"type":"ticker",...``
+   compactly); otherwise a small envelope struct reads only the routing keys
+   (``type`` / ``ty`` / ``error`` / ``status`` / legacy ``market`` / ``mk``).
 2. The frame is decoded in one pass into a struct that forbids unknown keys: the
    public event class for DEFAULT, a SIMPLE-named twin for SIMPLE (then copied into
    the public class).
@@ -20,6 +21,7 @@ current one before step 2; it is rare and the rewrite is allowed to be slow.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -54,7 +56,6 @@ SIMPLE: Final = "SIMPLE"
 # absurdly deep nesting, UnicodeError from invalid UTF-8 inside a decoded string.
 DECODE_ERRORS: Final = (msgspec.MsgspecError, RecursionError, UnicodeError, ValueError)
 
-_NULL_RAW: Final = msgspec.Raw(b"null")
 _EMPTY_RAW: Final = msgspec.Raw(b"")
 
 
@@ -110,6 +111,9 @@ def as_frame_bytes(frame: object, max_bytes: int) -> bytes:
                 f"frame text is not encodable as UTF-8 ({exc.reason})", frame
             ) from None
     elif isinstance(frame, bytearray | memoryview):
+        size = frame.nbytes if isinstance(frame, memoryview) else len(frame)
+        if size > max_bytes:
+            raise ProtocolError(f"frame of {size} bytes exceeds the {max_bytes}-byte cap")
         data = bytes(frame)
     else:
         raise ProtocolError(f"frame must be bytes or str, not {type(frame).__name__}")
@@ -419,7 +423,8 @@ def build_schema(
     )
 
 
-def _event_schemas(fmt: str) -> dict[str, WireSchema]:
+@functools.cache
+def _event_schemas(fmt: str) -> Mapping[str, WireSchema]:
     return {
         "ticker": build_schema("ticker", Ticker, fields.TICKER, fmt),
         "trade": build_schema("trade", Trade, fields.TRADE, fmt),
@@ -450,7 +455,8 @@ def _status_event(frame: Any) -> Status:
     return Status(status=frame.status)
 
 
-def _control_schemas() -> dict[str, WireSchema]:
+@functools.cache
+def _control_schemas() -> Mapping[str, WireSchema]:
     body_lenient = derive_struct(_ErrorBody, suffix="Lenient", rename=None, strict=False)
     error_lenient = msgspec.defstruct(
         "_ErrorFrameLenient", [("error", body_lenient)], module=__name__, gc=False
@@ -494,8 +500,8 @@ def _check_finite(event: Any, data: bytes) -> None:
 class Decoder:
     """Decodes Upbit frames into typed events and counts keys it does not know.
 
-    Build one per connection (or share one per thread; it is not thread-safe only in
-    that ``unknown_fields`` is a plain Counter). ``unknown_fields`` maps
+    Use one per connection thread: decoding itself keeps no state, but
+    ``unknown_fields`` is a plain Counter updated without a lock. It maps
     ``"<kind>.<key>"`` (``"<kind>.<parent>.<key>"`` for keys inside orderbook units,
     asset balances or error bodies) to how many frames carried it.
     """

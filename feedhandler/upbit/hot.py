@@ -19,8 +19,10 @@ have the same attributes.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
+from collections.abc import Mapping
 from decimal import Decimal
 from operator import attrgetter
 from typing import Any, Final, TypeAlias
@@ -214,7 +216,8 @@ _HOT_TRADE_SIMPLE_TABLE: Final = {
 }
 
 
-def _hot_schemas(fmt: str) -> dict[str, WireSchema]:
+@functools.cache
+def _hot_schemas(fmt: str) -> Mapping[str, WireSchema]:
     tag_field = "type" if fmt == DEFAULT else fields.TRADE["type"]
     return {
         "ticker": build_schema(
@@ -242,7 +245,7 @@ def _hot_schemas(fmt: str) -> dict[str, WireSchema]:
     }
 
 
-def _union_decoder(schemas: dict[str, WireSchema]) -> msgspec.json.Decoder[Any]:
+def _union_decoder(schemas: Mapping[str, WireSchema]) -> msgspec.json.Decoder[Any]:
     members = tuple(schema.strict.type for schema in schemas.values())
     return msgspec.json.Decoder(members[0] | members[1] | members[2])
 
