@@ -787,3 +787,32 @@ def test_spread_monitor_process_reads_shm_and_leaves_the_segment_alone(feed, run
         reader.close()
     finally:
         writer.close()
+
+
+def test_worker_notices_when_the_shm_writer_goes_away(feed, ctx):
+    shm = pytest.importorskip("shm")
+    if not hasattr(shm, "attach") or not hasattr(shm, "OrderbookWriter"):
+        pytest.skip("shm.attach / shm.OrderbookWriter not available")
+    from workers.examples.spread import SpreadMonitor
+
+    class WatchfulMonitor(SpreadMonitor):
+        def on_shm_writer(self, kind, alive):
+            self.writer_events.append((kind, alive))
+
+    prefix = f"upft-{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
+    writer = shm.OrderbookWriter(prefix, ["KRW-BTC"], capacity=16)
+    feed.hello_info["shm_prefix"] = prefix
+    try:
+        monitor = WatchfulMonitor(
+            ["KRW-BTC"], control_endpoint=feed.server.endpoint, lease_s=0.3, context=ctx
+        )
+        monitor.writer_events = []
+        with RunningWorker(monitor):
+            wait_until(lambda: "WatchfulMonitor" in str(feed.registry.workers()), what="register")
+            time.sleep(0.3)  # a few renew periods with a live writer: no event
+            assert monitor.writer_events == []
+            writer.close()
+            wait_until(lambda: monitor.writer_events, timeout=5, what="the writer-down event")
+        assert monitor.writer_events == [("orderbook", False)]
+    finally:
+        writer.close()

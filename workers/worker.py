@@ -80,6 +80,9 @@ class ShmReader(Protocol):
     @property
     def head(self) -> int: ...
 
+    @property
+    def writer_alive(self) -> bool: ...
+
     def latest(self, code: str) -> Any: ...
 
     def since(self, cursor: int) -> tuple[Any, int, int]: ...
@@ -162,6 +165,7 @@ class Worker:
         self.seq_resets = 0
         self.decode_errors = 0
         self.shm_overruns = 0
+        self.shm_writer_alive: dict[str, bool] = {}
 
         self._control: ControlClient | None = None
         self._sub: zmq.Socket | None = None
@@ -201,6 +205,9 @@ class Worker:
     def on_timer(self) -> None:
         """Every ``timer_interval_s`` seconds (when it is > 0)."""
 
+    def on_shm_writer(self, kind: str, alive: bool) -> None:
+        """The feed's ``kind`` ring writer died (or came back); checked at each renew."""
+
     def on_stop(self) -> None:
         """Before unregistering; also after a hook raised."""
 
@@ -224,6 +231,7 @@ class Worker:
                     break
                 if now >= next_renew:
                     self._renew()
+                    self._check_writers()
                     next_renew = now + renew_every
                 if self.timer_interval_s > 0 and now >= next_timer:
                     self.on_timer()
@@ -431,6 +439,19 @@ class Worker:
         for code, record in reversed(newest):
             hook(code, record)
         return len(newest) + len(pending or ())
+
+    def _check_writers(self) -> None:
+        for kind, reader in self._readers.items():
+            alive = reader.writer_alive
+            if alive != self.shm_writer_alive.get(kind, True):
+                self.shm_writer_alive[kind] = alive
+                log.warning(
+                    "event=shm_writer_%s worker_id=%s kind=%s",
+                    "alive" if alive else "down",
+                    self.worker_id,
+                    kind,
+                )
+                self.on_shm_writer(kind, alive)
 
     def _renew(self) -> None:
         assert self._control is not None
