@@ -165,6 +165,9 @@ ASSET_BALANCE: Final = MappingProxyType(
     }
 )
 
+# The key naming the message type, per format (the tag of the hot path's unions).
+TYPE_KEYS: Final = MappingProxyType({"DEFAULT": "type", "SIMPLE": "ty"})
+
 # The 2018 schema named the pair `market` (DEFAULT) / `mk` (SIMPLE) and had no type key.
 LEGACY_CODE_KEYS: Final = MappingProxyType({"DEFAULT": "market", "SIMPLE": "mk"})
 

@@ -218,7 +218,7 @@ _HOT_TRADE_SIMPLE_TABLE: Final = {
 
 @functools.cache
 def _hot_schemas(fmt: str) -> Mapping[str, WireSchema]:
-    tag_field = "type" if fmt == DEFAULT else fields.TRADE["type"]
+    tag_field = fields.TYPE_KEYS[fmt]
     return {
         "ticker": build_schema(
             "ticker", HotTicker, fields.TICKER, fmt, base=True, tag_field=tag_field, tag="ticker"
@@ -255,8 +255,8 @@ class HotDecoder:
 
     ``format`` is the format the request asked for: its tagged union decodes the frame
     in one pass. Any other frame (the other format, candles, private events, drift) is
-    routed by its type key and decoded by the matching schema or the typed decoder. ``decoder`` is
-    the typed decoder used as fallback; its ``unknown_fields`` is this object's too.
+    routed by its type key and decoded by the matching schema or the typed decoder.
+    ``decoder`` is that typed decoder; its ``unknown_fields`` is this object's too.
     """
 
     def __init__(
