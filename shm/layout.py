@@ -19,9 +19,11 @@ symbol's last update is never lost when busy symbols wrap the ring.
 Enum fields hold small integers; 0 always means "unknown / absent". The maps below are
 the contract between the writer and numpy code reading the records.
 
-Orderbook ``n_levels`` is the number of units the message carried (Upbit pads thin books
-with zero-price units; they are stored as received, so a side whose price is 0 is empty).
-Slots beyond ``n_levels`` are zero.
+Orderbook ``levels`` is a (30,) sub-array of (ask_price, bid_price, ask_size, bid_size),
+index 0 = best; ``rec["levels"]["bid_price"]`` is a plain float64 array. ``n_levels`` is
+the number of units the message carried (Upbit pads thin books with zero-price units;
+they are stored as received, so a side whose price is 0 is empty). Levels beyond
+``n_levels`` are zero.
 """
 
 from __future__ import annotations
@@ -112,9 +114,10 @@ TICKER_DTYPE: Final = _structured(
     64 + 8 * len(TICKER_FLOAT_FIELDS),
 )
 
-LEVEL_DTYPE: Final = np.dtype(
-    [("bid_price", "<f8"), ("bid_size", "<f8"), ("ask_price", "<f8"), ("ask_size", "<f8")]
-)
+# One order-book level, in the order of Upbit's orderbook_units objects, so that units
+# already decoded as tuples are stored without reordering.
+LEVEL_FIELDS: Final = ("ask_price", "bid_price", "ask_size", "bid_size")
+LEVEL_DTYPE: Final = np.dtype([(name, "<f8") for name in LEVEL_FIELDS])
 
 ORDERBOOK_DTYPE: Final = _structured(
     [

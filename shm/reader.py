@@ -70,12 +70,6 @@ class _Mapping:
         self.codes = read_symbols(buf, info, info.n_symbols)
         self.ids = {code: i for i, code in enumerate(self.codes)}
         self.slots = self._slots_of(self.ids)
-        self.latest_records = np.ndarray(
-            (self.max_symbols,), self.dtype, buffer=buf, offset=self.latest_off
-        )
-        self.latest_seq = np.ndarray(
-            (self.max_symbols,), "<u8", buffer=buf, offset=self.latest_off, strides=(self.size,)
-        )
         self.ring_seq = np.ndarray(
             (self.capacity,), "<u8", buffer=buf, offset=self.ring_off, strides=(self.size,)
         )
@@ -101,7 +95,7 @@ class _Mapping:
             self.slots = self._slots_of(self.ids)
 
     def close(self) -> None:
-        del self.latest_records, self.latest_seq, self.ring_seq, self.ring_bytes
+        del self.ring_seq, self.ring_bytes
         self.q.release()
         # A caller may still hold a numpy view it made of the buffer; the mapping is then
         # released by garbage collection instead of here.
@@ -256,20 +250,25 @@ class SnapshotReader:
         if m.q[L.H_STATE] != L.STATE_LIVE:
             m = self._follow_if_replaced()
         codes = list(codes)
-        symbols = np.fromiter(
-            (s if (s := m.ids.get(c)) is not None else self._symbol_slow(m, c) for c in codes),
-            dtype=np.intp,
-            count=len(codes),
-        )
-        before = m.latest_seq[symbols]
-        rows = m.latest_records[symbols]
-        after = m.latest_seq[symbols]
-        retry = np.flatnonzero((before != after) | (before & 1 == 1))
-        for k in retry:
-            offset = m.latest_off + int(symbols[k]) * m.size
-            data = self._copy_slow(m, offset, codes[k])
-            rows[k] = np.zeros((), m.dtype) if data is None else np.frombuffer(data, m.dtype)[0]
-        return rows
+        size = m.size
+        out = bytearray(len(codes) * size)
+        q, buf = m.q, m.buf
+        for row, code in enumerate(codes):
+            slot = m.slots.get(code)
+            if slot is None:
+                self._symbol_slow(m, code)
+                slot = m.slots[code]
+            start, end, word = slot
+            seq = q[word]
+            if seq and not seq & 1:
+                data = buf[start:end]
+                if q[word] == seq:
+                    out[row * size : row * size + size] = data
+                    continue
+            copied = self._copy_slow(m, start, code)
+            if copied is not None:
+                out[row * size : row * size + size] = copied
+        return np.frombuffer(out, m.dtype)
 
     def since(self, cursor: int) -> tuple[np.ndarray, int, int]:
         """Records after ``cursor`` (a feed_seq), the new cursor, and how many were lost.

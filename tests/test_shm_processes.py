@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-import shm_helpers as H
 
 import shm
+from tests import shm_helpers as H
 
 CODES = ["KRW-BTC", "KRW-ETH", "KRW-XRP", "BTC-ETH", "USDT-BTC"]
 SPAWN = multiprocessing.get_context("spawn")

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import shm_helpers as H
 
 import shm
 from shm import layout as L
+from tests import shm_helpers as H
 
 CODES = ["KRW-BTC", "KRW-ETH", "BTC-XRP"]
 
