@@ -300,7 +300,13 @@ class MarketGenerator:
 
     def step(self, now_ms: int) -> Trade:
         """One event: a random market moves its quote and prints a trade."""
-        state = self.pick()
+        return self._event(self.pick(), now_ms)
+
+    def trade_in(self, code: str, now_ms: int) -> Trade:
+        """One event in the market ``code``."""
+        return self._event(self.states[code], now_ms)
+
+    def _event(self, state: MarketState, now_ms: int) -> Trade:
         rng = self.rng
         quote = state.info.quote
         move = rng.random()
