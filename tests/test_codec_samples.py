@@ -449,3 +449,21 @@ def test_events_are_immutable() -> None:
     with pytest.raises(AttributeError):
         ticker.trade_price = Decimal(1)  # type: ignore[misc]
     assert hash(ticker) == hash(decode(load("ticker_default_KRW-BTC_1.json")))
+
+
+def test_json_list_frames_of_default_objects() -> None:
+    ticker = load("ticker_default_KRW-BTC_1.json")
+    trade = load("trade_default_KRW-BTC_2.json")
+    events = decode_all(b"[" + ticker + b"," + trade + b"]")
+    assert events == (decode(ticker), decode(trade))
+    with pytest.raises(ProtocolError, match="use decode_all"):
+        decode(b"[" + ticker + b"]")
+
+
+def test_key_order_does_not_matter() -> None:
+    for name in ("trade_default_KRW-BTC_1.json", "ticker_simple_KRW-BTC_1.json"):
+        tree = oracle(load(name))
+        last = sorted(tree.items(), key=lambda item: item[0] in ("type", "ty"))
+        reordered = dumps(dict(last)).encode()
+        assert not reordered.startswith((b'{"type"', b'{"ty"'))
+        assert decode(reordered) == decode(load(name))

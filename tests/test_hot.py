@@ -249,3 +249,15 @@ def test_hot_decoder_options() -> None:
     small = HotDecoder(max_frame_bytes=32)
     with pytest.raises(ProtocolError, match="cap"):
         small.decode((SAMPLES / "trade_default_KRW-BTC_1.json").read_bytes())
+
+
+def test_type_key_anywhere_in_the_object() -> None:
+    for name in ("trade_default_KRW-BTC_1.json", "orderbook_simple_KRW-LAMB_3.json"):
+        data = (SAMPLES / name).read_bytes()
+        tree = json.loads(data, parse_float=Decimal)
+        type_last = sorted(tree.items(), key=lambda item: item[0] in ("type", "ty"))
+        reordered = msgspec.json.Encoder(decimal_format="number").encode(dict(type_last))
+        assert not reordered.startswith((b'{"type"', b'{"ty"'))
+        hot = HotDecoder().decode(reordered)
+        assert type(hot) is type(HotDecoder().decode(data))
+        assert_hot_equals_typed(hot, decode(data))
