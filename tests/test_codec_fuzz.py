@@ -192,8 +192,11 @@ def test_seeded_mutations_only_raise_protocol_error() -> None:
         frame = mutator(rng, sample)
         if rng.random() < 0.3:
             frame = mutator(rng, frame) if frame else frame
+        as_text = rng.random() < 0.1
         try:
-            ok = exercise(frame, typed, hots)
+            ok = exercise(
+                frame.decode("utf-8", "surrogateescape") if as_text else frame, typed, hots
+            )
         except AssertionError:
             raise
         except Exception as exc:  # noqa: BLE001 - the point of the test is to catch any leak

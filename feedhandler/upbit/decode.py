@@ -589,7 +589,11 @@ _default_decoder = Decoder()
 
 
 def decode(frame: bytes | str) -> Event:
-    """Decode one object frame with the module's default :class:`Decoder`."""
+    """Decode one object frame with the module's default :class:`Decoder`.
+
+    That decoder is shared by every caller; a connection that wants its own
+    ``unknown_fields`` tally builds its own :class:`Decoder`.
+    """
     return _default_decoder.decode(frame)
 
 
