@@ -7,8 +7,9 @@ book is measured at 15 and 30 levels.
 
     python -m bench codec [--seconds S]
 
-Each (frame, method) pair runs in windows of ``--seconds`` (best of ``--repeats``), with
-the garbage collector paused as timeit does. Prints JSON; also writes
+Each (frame, method) pair runs in windows of ``--seconds`` (best of ``--repeats``; the
+methods of one frame take turns window by window), with the garbage collector paused
+as timeit does. Prints JSON; also writes
 bench/results/codec.json.
 """
 
@@ -69,33 +70,45 @@ def frames() -> dict[str, bytes]:
     }
 
 
-def rate(call: Callable[[Any], Any], arg: Any, seconds: float, repeats: int) -> float:
-    """Best calls/s over ``repeats`` windows of about ``seconds`` each."""
+def _batch_size(call: Callable[[Any], Any], arg: Any, seconds: float) -> int:
+    """Calls per batch so that one batch takes about 1/20 of a window."""
     call(arg)
     batch = 1
-    while True:  # size a batch to ~1/20 of a window
+    while True:
         start = time.perf_counter()
         for _ in range(batch):
             call(arg)
-        elapsed = time.perf_counter() - start
-        if elapsed > seconds / 20:
-            break
+        if time.perf_counter() - start > seconds / 20:
+            return batch
         batch *= 2
-    best = 0.0
+
+
+def _window(call: Callable[[Any], Any], arg: Any, batch: int, seconds: float) -> float:
+    """Calls per second over one window of about ``seconds``."""
+    calls = 0
+    start = now = time.perf_counter()
+    deadline = start + seconds
+    while now < deadline:
+        for _ in range(batch):
+            call(arg)
+        calls += batch
+        now = time.perf_counter()
+    return calls / (now - start)
+
+
+def rates(
+    methods: dict[str, tuple[Callable[[Any], Any], Any]], seconds: float, repeats: int
+) -> dict[str, float]:
+    """Best calls/s of each method; windows alternate between methods, so that a burst
+    of load from other processes hits the baseline and the codec alike."""
+    batches = {name: _batch_size(call, arg, seconds) for name, (call, arg) in methods.items()}
+    best = dict.fromkeys(methods, 0.0)
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         for _ in range(repeats):
-            calls = 0
-            start = time.perf_counter()
-            deadline = start + seconds
-            now = start
-            while now < deadline:
-                for _ in range(batch):
-                    call(arg)
-                calls += batch
-                now = time.perf_counter()
-            best = max(best, calls / (now - start))
+            for name, (call, arg) in methods.items():
+                best[name] = max(best[name], _window(call, arg, batches[name], seconds))
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -109,25 +122,32 @@ def measure(seconds: float, repeats: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, frame in frames().items():
         decoder = hot_simple if name.endswith("_simple") else hot
-        row = {
-            "bytes": len(frame),
-            "orjson_loads": rate(orjson.loads, frame, seconds, repeats),
-            "typed_decode": rate(typed.decode, frame, seconds, repeats),
-            "hot_decode": rate(decoder.decode, frame, seconds, repeats),
-            "hot_result": type(decoder.decode(frame)).__name__,
-        }
+        row: dict[str, Any] = {"bytes": len(frame)}
+        row |= rates(
+            {
+                "orjson_loads": (orjson.loads, frame),
+                "typed_decode": (typed.decode, frame),
+                "hot_decode": (decoder.decode, frame),
+            },
+            seconds,
+            repeats,
+        )
+        row["hot_result"] = type(decoder.decode(frame)).__name__
         row["typed_vs_orjson"] = round(row["typed_decode"] / row["orjson_loads"], 3)
         row["hot_vs_orjson"] = round(row["hot_decode"] / row["orjson_loads"], 3)
         results[name] = row
     trade_frame = frames()["trade"]
     hot_trade = hot.decode(trade_frame)
     assert isinstance(hot_trade, HotTrade)
-    typed_trade = typed.decode(trade_frame)
-    results["render_trade"] = {
-        "trade_to_json": rate(trade_to_json, hot_trade, seconds, repeats),
-        "event_to_json": rate(event_to_json, typed_trade, seconds, repeats),
-        "orjson_dumps_of_loads": rate(orjson.dumps, orjson.loads(trade_frame), seconds, repeats),
-    }
+    results["render_trade"] = rates(
+        {
+            "trade_to_json": (trade_to_json, hot_trade),
+            "event_to_json": (event_to_json, typed.decode(trade_frame)),
+            "orjson_dumps_of_loads": (orjson.dumps, orjson.loads(trade_frame)),
+        },
+        seconds,
+        repeats,
+    )
     if typed.unknown_fields or hot.unknown_fields:
         raise RuntimeError(f"benchmark frames carry unknown keys: {typed.unknown_fields}")
     return results
