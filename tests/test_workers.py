@@ -622,7 +622,7 @@ def test_spread_monitor_reads_order_books_from_shm(feed, ctx):
 
     server = feed.server
     registry = feed.registry
-    prefix = f"uft-w{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
+    prefix = f"upft-{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
     writer = shm.OrderbookWriter(prefix, ["KRW-BTC", "KRW-ETH", "KRW-XRP"], capacity=64)
     try:
         # State written before the worker starts is handed over once at start.
@@ -764,7 +764,7 @@ def test_spread_monitor_process_reads_shm_and_leaves_the_segment_alone(feed, run
     shm = pytest.importorskip("shm")
     if not hasattr(shm, "attach") or not hasattr(shm, "OrderbookWriter"):
         pytest.skip("shm.attach / shm.OrderbookWriter not available")
-    prefix = f"uft-w{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
+    prefix = f"upft-{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
     writer = shm.OrderbookWriter(prefix, ["KRW-BTC", "KRW-ETH"], capacity=64)
     feed.hello_info["shm_prefix"] = prefix
     try:
@@ -799,7 +799,7 @@ def test_worker_notices_when_the_shm_writer_goes_away(feed, ctx):
         def on_shm_writer(self, kind, alive):
             self.writer_events.append((kind, alive))
 
-    prefix = f"uft-w{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
+    prefix = f"upft-{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
     writer = shm.OrderbookWriter(prefix, ["KRW-BTC"], capacity=16)
     feed.hello_info["shm_prefix"] = prefix
     try:
