@@ -76,6 +76,17 @@ class Router:
         self._on_bad_frame = on_bad_frame
         self.counts: Counter[str] = Counter()
         self.unknown_codes: Counter[str] = Counter()
+        self._base_handlers: tuple[tuple[type, Callable[[str, Any, int], None]], ...] = (
+            (HotTicker, self._on_ticker),
+            (HotOrderbook, self._on_orderbook),
+            (HotTrade, self._on_trade),
+            (Candle, self._on_candle),
+            (MyOrder, self._on_order),
+            (MyAsset, self._on_asset),
+            (Status, self._on_status),
+            (ErrorMessage, self._on_error),
+        )
+        self._handlers: dict[type, Callable[[str, Any, int], None]] = {}
 
     def route(self, connection: str, decoder: HotDecoder, frame: bytes, recv_ns: int) -> None:
         """Decode and dispatch one frame. Raises UpstreamError on an exchange error frame."""
@@ -86,52 +97,69 @@ class Router:
             if self._on_bad_frame is not None:
                 self._on_bad_frame(connection, exc)
             return
-        kind = type(msg)
-        if kind is HotTicker:
-            with self._ticker_lock:
-                try:
-                    self._ticker_writer.write_ticker(msg, recv_ns)
-                except UnknownSymbolError:
-                    self._write_new_symbol(self._ticker_writer, msg, recv_ns)
-            self.counts["ticker"] += 1
-        elif kind is HotOrderbook:
-            with self._orderbook_lock:
-                try:
-                    self._orderbook_writer.write_orderbook(msg, recv_ns)
-                except UnknownSymbolError:
-                    self._write_new_symbol(self._orderbook_writer, msg, recv_ns)
-            self.counts["orderbook"] += 1
-        elif kind is HotTrade:
-            self.counts["trade"] += 1
-            self._trades.on_live(
-                msg.code,
-                msg.sequential_id,
-                msg.trade_timestamp,
-                trade_to_json(msg),
-                recv_ns,
-                msg.sim_ns,
-            )
-        elif kind is Candle:
-            self.counts["candle"] += 1
-            topic = f"{msg.type}.{msg.code}".encode()
-            self._bus.publish(topic, event_to_json(msg), recv_ns)
-        elif kind is MyOrder:
-            self.counts["myOrder"] += 1
-            self._bus.publish(f"myOrder.{msg.code}".encode(), event_to_json(msg), recv_ns)
-        elif kind is MyAsset:
-            self.counts["myAsset"] += 1
-            self._bus.publish(b"myAsset", event_to_json(msg), recv_ns)
-        elif kind is Status:
-            self.counts["status"] += 1
-        elif kind is ErrorMessage:
-            self.counts["error"] += 1
-            name, message = str(msg.name), str(msg.message)
-            self._bus.publish_sys(
-                "error", {"connection": connection, "name": name, "message": message}
-            )
-            raise UpstreamError(connection, name, message)
-        else:
-            self.counts["other"] += 1
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            handler = self._handler_for(type(msg))
+        handler(connection, msg, recv_ns)
+
+    def _handler_for(self, kind: type) -> Callable[[str, Any, int], None]:
+        """Resolve (once per class) the handler of a decoded type or its format subclass."""
+        handler = next(
+            (h for base, h in self._base_handlers if issubclass(kind, base)), self._on_other
+        )
+        self._handlers[kind] = handler
+        return handler
+
+    def _on_ticker(self, _connection: str, msg: HotTicker, recv_ns: int) -> None:
+        with self._ticker_lock:
+            try:
+                self._ticker_writer.write_ticker(msg, recv_ns)
+            except UnknownSymbolError:
+                self._write_new_symbol(self._ticker_writer, msg, recv_ns)
+        self.counts["ticker"] += 1
+
+    def _on_orderbook(self, _connection: str, msg: HotOrderbook, recv_ns: int) -> None:
+        with self._orderbook_lock:
+            try:
+                self._orderbook_writer.write_orderbook(msg, recv_ns)
+            except UnknownSymbolError:
+                self._write_new_symbol(self._orderbook_writer, msg, recv_ns)
+        self.counts["orderbook"] += 1
+
+    def _on_trade(self, _connection: str, msg: HotTrade, recv_ns: int) -> None:
+        self.counts["trade"] += 1
+        self._trades.on_live(
+            msg.code,
+            msg.sequential_id,
+            msg.trade_timestamp,
+            trade_to_json(msg),
+            recv_ns,
+            msg.sim_ns,
+        )
+
+    def _on_candle(self, _connection: str, msg: Candle, recv_ns: int) -> None:
+        self.counts["candle"] += 1
+        self._bus.publish(f"{msg.type}.{msg.code}".encode(), event_to_json(msg), recv_ns)
+
+    def _on_order(self, _connection: str, msg: MyOrder, recv_ns: int) -> None:
+        self.counts["myOrder"] += 1
+        self._bus.publish(f"myOrder.{msg.code}".encode(), event_to_json(msg), recv_ns)
+
+    def _on_asset(self, _connection: str, msg: MyAsset, recv_ns: int) -> None:
+        self.counts["myAsset"] += 1
+        self._bus.publish(b"myAsset", event_to_json(msg), recv_ns)
+
+    def _on_status(self, _connection: str, _msg: Status, _recv_ns: int) -> None:
+        self.counts["status"] += 1
+
+    def _on_error(self, connection: str, msg: ErrorMessage, _recv_ns: int) -> None:
+        self.counts["error"] += 1
+        name, message = str(msg.name), str(msg.message)
+        self._bus.publish_sys("error", {"connection": connection, "name": name, "message": message})
+        raise UpstreamError(connection, name, message)
+
+    def _on_other(self, _connection: str, _msg: object, _recv_ns: int) -> None:
+        self.counts["other"] += 1
 
     def _write_new_symbol(self, writer: Any, msg: Any, recv_ns: int) -> None:
         """A market listed after start-up: add it to the symbol table if there is room."""

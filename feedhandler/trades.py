@@ -57,6 +57,7 @@ class _CodeState:
     in_gap: bool = False
     resubscribed: bool = False
     queued: bool = False
+    regap: bool = False  # another gap opened while a backfill was in flight
     buffer: list[LiveTrade] = field(default_factory=list)
     overflowed: int = 0
 
@@ -145,6 +146,7 @@ class TradeSequencer:
                 state = self._state(code)
                 if state.in_gap:
                     state.resubscribed = False
+                    state.regap = state.queued
                     continue
                 if state.last_sid is None or state.last_timestamp is None:
                     continue  # nothing received yet: there is no gap to fill
@@ -191,10 +193,17 @@ class TradeSequencer:
         """
         with self._lock:
             state = self._state(code)
+            if state.regap and missed is not None:
+                # The answer predates a newer gap: fetch again from the same anchor once
+                # the connection is back, so nothing published comes out of order.
+                state.regap = state.queued = False
+                if state.resubscribed and state.buffer:
+                    self._enqueue(code, state)
+                return
             anchor = state.gap_anchor
             buffer, state.buffer = state.buffer, []
             overflowed, state.overflowed = state.overflowed, 0
-            state.in_gap = state.queued = state.resubscribed = False
+            state.in_gap = state.queued = state.resubscribed = state.regap = False
             state.gap_anchor = None
             if missed is None or overflowed:
                 self.gaps_reported += 1
@@ -207,13 +216,8 @@ class TradeSequencer:
                         "reason": error or f"{overflowed} live trades dropped while buffering",
                     },
                 )
-            live_sids = {t.sequential_id for t in buffer}
-            rest_only = [
-                t
-                for t in reversed(missed or [])
-                if t.sequential_id not in live_sids and t.sequential_id not in state.recent
-            ]
-            merged = _merge_by_time(rest_only, buffer)
+            merged = _merge(missed or [], buffer)
+            backfilled_before = self.backfilled
             now_ns = time.time_ns()
             for item in merged:
                 if isinstance(item, LiveTrade):
@@ -231,8 +235,9 @@ class TradeSequencer:
                     self.published += 1
                     self.backfilled += 1
                     self._publish(code, rest_trade_json(item), now_ns, 0, True)
-            if rest_only:
-                self._publish_sys("backfill", {"code": code, "trades": len(rest_only)})
+            backfilled = self.backfilled - backfilled_before
+            if backfilled:
+                self._publish_sys("backfill", {"code": code, "trades": backfilled})
 
     def status(self) -> dict[str, object]:
         with self._lock:
@@ -246,18 +251,16 @@ class TradeSequencer:
             }
 
 
-def _merge_by_time(rest_oldest_first: list[RestTrade], live: list[LiveTrade]) -> list:
+def _merge(rest_newest_first: list[RestTrade], live: list[LiveTrade]) -> list:
+    """The exchange's order: every trade REST knows at its REST position (the live copy
+    where there is one), then the live trades that are newer than the REST answer."""
+    live_by_sid = {t.sequential_id: t for t in live}
     out: list[RestTrade | LiveTrade] = []
-    i = j = 0
-    while i < len(rest_oldest_first) and j < len(live):
-        if rest_oldest_first[i].timestamp <= live[j].trade_timestamp:
-            out.append(rest_oldest_first[i])
-            i += 1
-        else:
-            out.append(live[j])
-            j += 1
-    out.extend(rest_oldest_first[i:])
-    out.extend(live[j:])
+    rest_sids = set()
+    for trade in reversed(rest_newest_first):
+        rest_sids.add(trade.sequential_id)
+        out.append(live_by_sid.get(trade.sequential_id, trade))
+    out.extend(t for t in live if t.sequential_id not in rest_sids)
     return out
 
 

@@ -91,3 +91,33 @@ def test_rest_trade_renders_as_websocket_trade_with_exact_decimals():
     assert data["sequential_id"] == 17510687993360001
     assert data["trade_date"] == "2026-11-25"
     assert data["code"] == "KRW-BTC"
+
+
+def test_a_gap_during_backfill_restarts_it_from_the_first_anchor():
+    seq, published, _ = _collect()
+    _live(seq, 10, 1000)
+    seq.on_gap(["KRW-BTC"])
+    seq.on_resubscribed(["KRW-BTC"])
+    _live(seq, 13, 1003)
+    assert seq.jobs.get_nowait() == "KRW-BTC"
+    seq.on_gap(["KRW-BTC"])  # dropped again while the REST call is running
+    seq.complete("KRW-BTC", [_rest(13, 1003), _rest(12, 1002), _rest(11, 1001)], None)
+    assert published == [(10, False)]  # nothing out of order yet
+    assert seq.jobs.empty()
+    seq.on_resubscribed(["KRW-BTC"])
+    assert seq.jobs.get_nowait() == "KRW-BTC"
+    assert seq.anchor("KRW-BTC") == (10, 1000)
+    _live(seq, 16, 1006)
+    seq.complete(
+        "KRW-BTC",
+        [
+            _rest(16, 1006),
+            _rest(15, 1005),
+            _rest(14, 1004),
+            _rest(13, 1003),
+            _rest(12, 1002),
+            _rest(11, 1001),
+        ],
+        None,
+    )
+    assert [sid for sid, _ in published] == [10, 11, 12, 13, 14, 15, 16]
