@@ -275,11 +275,6 @@ def bind_socket(sock: zmq.Socket, endpoint: str, curve: CurveKeys | None) -> str
     return bound.decode() if isinstance(bound, bytes) else str(bound)
 
 
-def ipc_path(endpoint: str) -> Path | None:
-    transport, _, address = endpoint.partition("://")
-    return Path(address) if transport == "ipc" else None
-
-
 # ---------------------------------------------------------------------------- topics
 
 

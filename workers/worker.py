@@ -63,6 +63,10 @@ MAX_DRAIN = 1000
 DECODE_ERROR_LOG_EVERY = 1000
 
 
+# decoder, hook, topic as text
+_Route = tuple[msgspec.json.Decoder, Callable[[Any], None], str]
+
+
 class WorkerError(RuntimeError):
     """The worker cannot start or run (bad declaration, missing feed info, no shm)."""
 
@@ -174,7 +178,7 @@ class Worker:
         self._pending: dict[str, list[tuple[str, Any]]] = {}
         self._wanted = frozenset(self.symbols)
         self._last_seq: dict[bytes, int] = {}
-        self._routes: dict[bytes, tuple[msgspec.json.Decoder, Callable[[Any], None]]] = {}
+        self._routes: dict[bytes, _Route] = {}
         self._registered = False
 
     # ------------------------------------------------------------------ hooks
@@ -268,7 +272,7 @@ class Worker:
             if route is None:
                 log.warning("event=unexpected_topic worker_id=%s topic=%r", self.worker_id, topic)
                 return
-        decoder, deliver = route
+        decoder, deliver, topic_name = route
         try:
             message = decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -284,7 +288,7 @@ class Worker:
             return
         self.received += 1
         self.current = message
-        self.current_topic = topic.decode()
+        self.current_topic = topic_name
         seq = message.seq
         last = self._last_seq.get(topic)
         self._last_seq[topic] = seq
@@ -327,20 +331,20 @@ class Worker:
                 prefixes += [subscription_prefix(f"{kind}.{c}".encode()) for c in self.symbols]
         return prefixes
 
-    def _route(self, topic: bytes) -> tuple[msgspec.json.Decoder, Callable[[Any], None]] | None:
+    def _route(self, topic: bytes) -> _Route | None:
         head = topic.split(b".", 1)[0]
-        route: tuple[msgspec.json.Decoder, Callable[[Any], None]]
+        name = topic.decode(errors="replace")
+        route: _Route
         if head == b"trade":
-            route = (TRADE_DECODER, self.on_trade)
+            route = (TRADE_DECODER, self.on_trade, name)
         elif head == b"candle":
-            route = (CANDLE_DECODER, self.on_candle)
+            route = (CANDLE_DECODER, self.on_candle, name)
         elif head == b"myOrder":
-            route = (ORDER_DECODER, self.on_order)
+            route = (ORDER_DECODER, self.on_order, name)
         elif topic == b"myAsset":
-            route = (ASSET_DECODER, self.on_asset)
+            route = (ASSET_DECODER, self.on_asset, name)
         elif head == b"sys":
-            name = topic.decode()
-            route = (SYS_DECODER, lambda payload: self.on_sys(name, payload))
+            route = (SYS_DECODER, lambda payload: self.on_sys(name, payload), name)
         else:
             return None
         self._routes[topic] = route
