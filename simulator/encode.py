@@ -17,7 +17,6 @@ from collections.abc import Callable
 from simulator import numbers
 from simulator.generator import BookView, Candle, MarketState, Trade
 from simulator.markets import MarketInfo
-from simulator.numbers import SCALE
 
 DEFAULT = "DEFAULT"
 SIMPLE = "SIMPLE"
@@ -85,7 +84,6 @@ _CANDLE_KEYS = {
     SIMPLE: ("ty", "cd", "cdttmu", "cdttmk", "op", "hp", "lp", "tp", "catv", "catp", "tms", "st"),
 }  # fmt: skip
 
-_TRADE_TEMPLATE = {fmt: _template(keys) for fmt, keys in _TRADE_KEYS.items()}
 _TICKER_TEMPLATE = {fmt: _template(keys) for fmt, keys in _TICKER_KEYS.items()}
 _BOOK_TEMPLATE = {fmt: _template(keys) for fmt, keys in _BOOK_KEYS.items()}
 _UNIT_TEMPLATE = {fmt: _template(keys) for fmt, keys in _UNIT_KEYS.items()}
@@ -94,18 +92,17 @@ _CANDLE_TEMPLATE = {fmt: _template(keys) for fmt, keys in _CANDLE_KEYS.items()}
 _CACHE_LIMIT = 200_000
 
 
-def _cached(spell: Callable[[int, int], str]) -> Callable[..., str]:
-    """Memoise a number speller for the default scale: book prices and sizes repeat a lot."""
+def _cached(spell: Callable[[int], str]) -> Callable[[int], str]:
+    """Memoise a number speller at the default scale: book prices and sizes repeat a lot."""
     cache: dict[int, str] = {}
+    get = cache.get
 
-    def spelled(value: int, scale: int = SCALE, *args: int) -> str:
-        if scale != SCALE or args:
-            return spell(value, scale, *args)
-        text = cache.get(value)
+    def spelled(value: int) -> str:
+        text = get(value)
         if text is None:
             if len(cache) >= _CACHE_LIMIT:
                 cache.clear()
-            text = cache[value] = spell(value, scale)
+            text = cache[value] = spell(value)
         return text
 
     return spelled
@@ -115,6 +112,8 @@ plain = _cached(numbers.plain)
 dotted = _cached(numbers.dotted)
 fixed = _cached(numbers.fixed)
 java = _cached(numbers.java)
+plain_uncached = numbers.plain
+fixed_uncached = numbers.fixed
 
 _clock_cache: dict[tuple[int, str], str] = {}
 
@@ -130,10 +129,6 @@ def _clock_text(seconds: int, pattern: str) -> str:
     return text
 
 
-def _q(text: str) -> str:
-    return f'"{text}"'
-
-
 def change_of(price: int, prev_close: int) -> str:
     if price > prev_close:
         return "RISE"
@@ -146,34 +141,52 @@ def change_rate(price: int, prev_close: int) -> int:
     return (diff * 10**10 * 2 + prev_close) // (2 * prev_close) if prev_close else 0
 
 
-def encode_trade(trade: Trade, fmt: str, stream_type: str) -> bytes:
-    quote_is_btc = trade.code.startswith("BTC-")
-    change_price = abs(trade.price - trade.prev_closing_price)
-    seconds = trade.trade_timestamp // 1000
-    return (
-        _TRADE_TEMPLATE[fmt]
-        .format(
-            '"trade"',
-            _q(trade.code),
-            trade.timestamp,
-            _q(_clock_text(seconds, "%Y-%m-%d")),
-            _q(_clock_text(seconds, "%H:%M:%S")),
-            trade.trade_timestamp,
-            dotted(trade.price),
-            plain(trade.volume),
-            _q(trade.ask_bid),
-            fixed(trade.prev_closing_price),
-            _q(trade.change),
-            java(change_price) if quote_is_btc else fixed(change_price),
-            trade.sequential_id,
-            plain(trade.best_ask_price),
-            plain(trade.best_ask_size),
-            plain(trade.best_bid_price),
-            plain(trade.best_bid_size),
-            _q(stream_type),
+_trade_clock: dict[int, tuple[str, str]] = {}
+
+
+def _trade_clock_text(seconds: int) -> tuple[str, str]:
+    texts = _trade_clock.get(seconds)
+    if texts is None:
+        if len(_trade_clock) > 4096:
+            _trade_clock.clear()
+        texts = _trade_clock[seconds] = (
+            _clock_text(seconds, "%Y-%m-%d"),
+            _clock_text(seconds, "%H:%M:%S"),
         )
-        .encode()
-    )
+    return texts
+
+
+def encode_trade(trade: Trade, fmt: str, stream_type: str) -> bytes:
+    prev = trade.prev_closing_price
+    price = trade.price
+    change_price = price - prev if price >= prev else prev - price
+    date, clock = _trade_clock_text(trade.trade_timestamp // 1000)
+    change_text = java(change_price) if trade.code.startswith("BTC-") else fixed(change_price)
+    change = "RISE" if price > prev else ("FALL" if price < prev else "EVEN")
+    if fmt == DEFAULT:
+        text = (
+            f'{{"type":"trade","code":"{trade.code}","timestamp":{trade.timestamp},'
+            f'"trade_date":"{date}","trade_time":"{clock}",'
+            f'"trade_timestamp":{trade.trade_timestamp},"trade_price":{dotted(price)},'
+            f'"trade_volume":{plain(trade.volume)},"ask_bid":"{trade.ask_bid}",'
+            f'"prev_closing_price":{fixed(prev)},"change":"{change}",'
+            f'"change_price":{change_text},"sequential_id":{trade.sequential_id},'
+            f'"best_ask_price":{plain(trade.best_ask_price)},'
+            f'"best_ask_size":{plain(trade.best_ask_size)},'
+            f'"best_bid_price":{plain(trade.best_bid_price)},'
+            f'"best_bid_size":{plain(trade.best_bid_size)},"stream_type":"{stream_type}"}}'
+        )
+    else:
+        text = (
+            f'{{"ty":"trade","cd":"{trade.code}","tms":{trade.timestamp},'
+            f'"td":"{date}","ttm":"{clock}","ttms":{trade.trade_timestamp},'
+            f'"tp":{dotted(price)},"tv":{plain(trade.volume)},"ab":"{trade.ask_bid}",'
+            f'"pcp":{fixed(prev)},"c":"{change}","cp":{change_text},'
+            f'"sid":{trade.sequential_id},"bap":{plain(trade.best_ask_price)},'
+            f'"bas":{plain(trade.best_ask_size)},"bbp":{plain(trade.best_bid_price)},'
+            f'"bbs":{plain(trade.best_bid_size)},"st":"{stream_type}"}}'
+        )
+    return text.encode()
 
 
 def encode_ticker(state: MarketState, fmt: str, stream_type: str) -> bytes:
@@ -188,38 +201,38 @@ def encode_ticker(state: MarketState, fmt: str, stream_type: str) -> bytes:
         _TICKER_TEMPLATE[fmt]
         .format(
             '"ticker"',
-            _q(state.code),
+            f'"{state.code}"',
             plain(state.opening_price),
             plain(state.high_price),
             plain(state.low_price),
             plain(trade.price),
             fixed(prev),
-            fixed(state.acc_trade_price, 16, 16),
-            _q(change_of(trade.price, prev)),
+            fixed_uncached(state.acc_trade_price, 16, 16),
+            f'"{change_of(trade.price, prev)}"',
             fixed(abs(signed)),
             fixed(signed),
-            fixed(rate, 10, 10),
-            fixed(rate if signed >= 0 else -rate, 10, 10),
-            _q(trade.ask_bid),
+            fixed_uncached(rate, 10, 10),
+            fixed_uncached(rate if signed >= 0 else -rate, 10, 10),
+            f'"{trade.ask_bid}"',
             plain(trade.volume),
             plain(state.acc_trade_volume),
-            _q(_clock_text(seconds, "%Y%m%d")),
-            _q(_clock_text(seconds, "%H%M%S")),
+            f'"{_clock_text(seconds, "%Y%m%d")}"',
+            f'"{_clock_text(seconds, "%H%M%S")}"',
             trade.trade_timestamp,
             plain(state.acc_ask_volume),
             plain(state.acc_bid_volume),
             fixed(state.high_52w[0]),
-            _q(state.high_52w[1]),
+            f'"{state.high_52w[1]}"',
             fixed(state.low_52w[0]),
-            _q(state.low_52w[1]),
+            f'"{state.low_52w[1]}"',
             '"ACTIVE"',
             "false",
             "null",
             '"NONE"',
             trade.timestamp,
-            fixed(state.acc_trade_price + state.base_24h_price, 16, 16),
+            fixed_uncached(state.acc_trade_price + state.base_24h_price, 16, 16),
             fixed(state.acc_trade_volume + state.base_24h_volume),
-            _q(stream_type),
+            f'"{stream_type}"',
         )
         .encode()
     )
@@ -239,12 +252,12 @@ def encode_orderbook(
         _BOOK_TEMPLATE[fmt]
         .format(
             '"orderbook"',
-            _q(state.code),
+            f'"{state.code}"',
             timestamp,
             total(book.total_ask),
             total(book.total_bid),
             f"[{units}]",
-            _q(stream_type),
+            f'"{stream_type}"',
             plain(book.level),
         )
         .encode()
@@ -254,14 +267,17 @@ def encode_orderbook(
 def encode_candle(code: str, candle: Candle, fmt: str, stream_type: str) -> bytes:
     seconds = candle.start_ms // 1000
     price = fixed if fmt == DEFAULT else dotted
-    accumulated = fixed(candle.acc_price, 16, 16) if fmt == DEFAULT else plain(candle.acc_price, 16)
+    if fmt == DEFAULT:
+        accumulated = fixed_uncached(candle.acc_price, 16, 16)
+    else:
+        accumulated = plain_uncached(candle.acc_price, 16)
     return (
         _CANDLE_TEMPLATE[fmt]
         .format(
-            _q(f"candle.{candle.unit}"),
-            _q(code),
-            _q(_clock_text(seconds, "%Y-%m-%dT%H:%M:%S")),
-            _q(_clock_text(seconds + _KST_MS // 1000, "%Y-%m-%dT%H:%M:%S")),
+            f'"{f"candle.{candle.unit}"}"',
+            f'"{code}"',
+            f'"{_clock_text(seconds, "%Y-%m-%dT%H:%M:%S")}"',
+            f'"{_clock_text(seconds + _KST_MS // 1000, "%Y-%m-%dT%H:%M:%S")}"',
             price(candle.open),
             price(candle.high),
             price(candle.low),
@@ -269,7 +285,7 @@ def encode_candle(code: str, candle: Candle, fmt: str, stream_type: str) -> byte
             plain(candle.volume),
             accumulated,
             candle.timestamp,
-            _q(stream_type),
+            f'"{stream_type}"',
         )
         .encode()
     )
@@ -336,12 +352,12 @@ def rest_ticker(state: MarketState) -> str:
         f'"opening_price":{plain(state.opening_price)},"high_price":{plain(state.high_price)},'
         f'"low_price":{plain(state.low_price)},"trade_price":{plain(trade.price)},'
         f'"prev_closing_price":{plain(prev)},"change":"{change_of(trade.price, prev)}",'
-        f'"change_price":{plain(abs(signed))},"change_rate":{plain(rate, 10)},'
+        f'"change_price":{plain(abs(signed))},"change_rate":{plain_uncached(rate, 10)},'
         f'"signed_change_price":{plain(signed)},'
-        f'"signed_change_rate":{plain(rate if signed >= 0 else -rate, 10)},'
+        f'"signed_change_rate":{plain_uncached(rate if signed >= 0 else -rate, 10)},'
         f'"trade_volume":{plain(trade.volume)},'
-        f'"acc_trade_price":{plain(state.acc_trade_price, 16)},'
-        f'"acc_trade_price_24h":{plain(state.acc_trade_price + state.base_24h_price, 16)},'
+        f'"acc_trade_price":{plain_uncached(state.acc_trade_price, 16)},'
+        f'"acc_trade_price_24h":{plain_uncached(state.acc_trade_price + state.base_24h_price, 16)},'
         f'"acc_trade_volume":{plain(state.acc_trade_volume)},'
         f'"acc_trade_volume_24h":{plain(state.acc_trade_volume + state.base_24h_volume)},'
         f'"highest_52_week_price":{plain(state.high_52w[0])},'

@@ -324,61 +324,69 @@ class MarketGenerator:
             if ask - spread > 0:
                 state.best_ask = ask
                 state.best_bid = ask - spread
-        state.ask_sizes[int(rng.random() * BOOK_LEVELS)] = self._random_volume(state)
-        state.bid_sizes[int(rng.random() * BOOK_LEVELS)] = self._random_volume(state)
+        random = rng.random
+        table = state.volume_table
+        # One resting level changes per event, on alternating sides.
+        sizes = state.ask_sizes if random() < 0.5 else state.bid_sizes
+        sizes[int(random() * BOOK_LEVELS)] = table[int(random() * _VOLUME_TABLE)]
         return self._trade(state, now_ms)
 
     def _trade(self, state: MarketState, now_ms: int) -> Trade:
-        rng = self.rng
-        taker_buys = rng.random() < 0.5
-        volume = max(self._random_volume(state) >> int(rng.random() * 4), 1)
+        random = self.rng.random
+        table = state.volume_table
+        taker_buys = random() < 0.5
+        volume = (table[int(random() * _VOLUME_TABLE)] >> int(random() * 4)) or 1
         if taker_buys:
             price = state.best_ask
             left = state.ask_sizes[0] - volume
-            state.ask_sizes[0] = left if left > 0 else self._random_volume(state)
+            state.ask_sizes[0] = left if left > 0 else table[int(random() * _VOLUME_TABLE)]
             state.acc_bid_volume += volume
         else:
             price = state.best_bid
             left = state.bid_sizes[0] - volume
-            state.bid_sizes[0] = left if left > 0 else self._random_volume(state)
+            state.bid_sizes[0] = left if left > 0 else table[int(random() * _VOLUME_TABLE)]
             state.acc_ask_volume += volume
         last = state.last_trade
-        trade_ts = now_ms - int(rng.random() * 20)
+        trade_ts = now_ms - int(random() * 20)
         if last is not None and trade_ts <= last.trade_timestamp:
             trade_ts = last.trade_timestamp
             n = state.last_n + 1
             if n >= SID_FACTOR:
                 trade_ts += 1
-                n = int(rng.random() * 3)
+                n = int(random() * 3)
         else:
-            n = int(rng.random() * 3)
+            n = int(random() * 3)
         state.last_n = n
         state.acc_trade_volume += volume
         state.acc_trade_price += price * volume
-        state.high_price = max(state.high_price, price)
-        state.low_price = min(state.low_price, price)
+        if price > state.high_price:
+            state.high_price = price
+        elif price < state.low_price:
+            state.low_price = price
         if price > state.high_52w[0]:
             state.high_52w = (price, _date_dashed(trade_ts))
-        if price < state.low_52w[0]:
+        elif price < state.low_52w[0]:
             state.low_52w = (price, _date_dashed(trade_ts))
-        state.book_timestamp = max(now_ms, trade_ts)
+        stamp = now_ms if now_ms > trade_ts else trade_ts
+        state.book_timestamp = stamp
+        sid = trade_ts * SID_FACTOR + n
         trade = Trade(
-            code=state.info.code,
-            trade_timestamp=trade_ts,
-            timestamp=max(now_ms, trade_ts),
-            price=price,
-            volume=volume,
-            ask_bid="BID" if taker_buys else "ASK",
-            prev_closing_price=state.prev_closing_price,
-            sequential_id=trade_ts * SID_FACTOR + n,
-            best_ask_price=state.best_ask,
-            best_ask_size=state.ask_sizes[0],
-            best_bid_price=state.best_bid,
-            best_bid_size=state.bid_sizes[0],
+            state.info.code,
+            trade_ts,
+            stamp,
+            price,
+            volume,
+            "BID" if taker_buys else "ASK",
+            state.prev_closing_price,
+            sid,
+            state.best_ask,
+            state.ask_sizes[0],
+            state.best_bid,
+            state.bid_sizes[0],
         )
         state.last_trade = trade
         state.trades.append(trade)
-        state.sids.append(trade.sequential_id)
+        state.sids.append(sid)
         if self.candle_units:
             self._update_candles(state, trade)
         self.generated += 1

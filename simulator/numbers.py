@@ -26,24 +26,35 @@ def _split(value: int, scale: int) -> tuple[str, str, str]:
 
 def plain(value: int, scale: int = SCALE) -> str:
     """Shortest plain decimal: ``137002000``, ``0.0055433``."""
-    sign, whole, frac = _split(value, scale)
-    frac = frac.rstrip("0")
-    return f"{sign}{whole}.{frac}" if frac else f"{sign}{whole}"
+    if value < 0:
+        return "-" + plain(-value, scale)
+    whole, frac = divmod(value, 10**scale)
+    if not frac:
+        return str(whole)
+    # frac != 0, so stripping zeros never reaches the decimal point.
+    return f"{whole}.{frac:0{scale}d}".rstrip("0")
 
 
 def dotted(value: int, scale: int = SCALE) -> str:
     """Shortest plain decimal that always has a fraction: ``109847000.0``."""
-    sign, whole, frac = _split(value, scale)
-    return f"{sign}{whole}.{frac.rstrip('0') or '0'}"
+    if value < 0:
+        return "-" + dotted(-value, scale)
+    whole, frac = divmod(value, 10**scale)
+    if not frac:
+        return f"{whole}.0"
+    return f"{whole}.{frac:0{scale}d}".rstrip("0")
 
 
 def fixed(value: int, scale: int = SCALE, places: int = SCALE) -> str:
     """All ``places`` fractional digits, trailing zeros kept: ``31883000.00000000``."""
     if places < scale:
         raise ValueError(f"fixed() cannot drop digits: places {places} < scale {scale}")
-    sign, whole, frac = _split(value, scale)
-    frac = frac + "0" * (places - scale)
-    return f"{sign}{whole}.{frac}" if frac else f"{sign}{whole}"
+    if value < 0:
+        return "-" + fixed(-value, scale, places)
+    whole, frac = divmod(value, 10**scale)
+    if not places:
+        return str(whole)
+    return f"{whole}.{frac * 10 ** (places - scale):0{places}d}"
 
 
 def java(value: int, scale: int = SCALE) -> str:

@@ -173,3 +173,12 @@ def test_request_grammar_details():
     assert (
         parse_request('[{"ticket":"a"},{"type":"trade","codes":["X"]}]', False).format == "DEFAULT"
     )
+
+
+@pytest.mark.parametrize("fmt", ["DEFAULT", "SIMPLE"])
+def test_trade_field_order_is_the_documented_one(fmt):
+    from simulator.encode import _TRADE_KEYS
+
+    gen = MarketGenerator(market_list(3), seed=1, now_ms=NOW)
+    message = decode(encode_trade(gen.step(NOW), fmt, "REALTIME"))
+    assert tuple(message) == _TRADE_KEYS[fmt]
