@@ -261,3 +261,19 @@ def test_type_key_anywhere_in_the_object() -> None:
         hot = HotDecoder().decode(reordered)
         assert type(hot) is type(HotDecoder().decode(data))
         assert_hot_equals_typed(hot, decode(data))
+
+
+def test_frames_in_a_reused_buffer_are_copied_before_decoding() -> None:
+    hot = HotDecoder()
+    data = (SAMPLES / "trade_default_KRW-BTC_1.json").read_bytes()
+    buffer = bytearray(data)
+    trade = hot.decode(memoryview(buffer))
+    from_bytearray = hot.decode(buffer)
+    assert isinstance(trade, HotTrade) and isinstance(from_bytearray, HotTrade)
+    # A frame parser reuses and resizes its buffer: the decoded trade must not notice.
+    buffer[:] = data.replace(b"109847000.0", b"999999999.9")
+    buffer.extend(b" " * 4096)
+    assert trade.trade_price == "109847000.0" == from_bytearray.trade_price
+    assert json.loads(trade_to_json(trade))["trade_price"] == "109847000.0"
+    ticker = hot.decode(memoryview((SAMPLES / "ticker_default_KRW-BTC_1.json").read_bytes()))
+    assert isinstance(ticker, HotTicker) and ticker.trade_price == 32287000.0

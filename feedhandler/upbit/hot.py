@@ -174,9 +174,11 @@ class HotTrade(
 ):
     """A trade whose decimals stay exact wire text.
 
-    ``raw_<name>`` holds the undecoded JSON number; the ``<name>`` property returns
-    its text (``str``, or None for null) and raises ProtocolError if the wire value
-    is not a JSON number. Reading the text is lazy so that decoding stays one pass.
+    ``raw_<name>`` holds the undecoded JSON number (a zero-copy slice of the frame's
+    bytes, which it keeps alive); the ``<name>`` property returns its text (``str``, or
+    None for null) and raises ProtocolError if the wire value is not a JSON number.
+    The text is read lazily so that decoding stays one pass; :func:`trade_to_json`
+    checks every decimal at once.
     """
 
     code: str
@@ -275,9 +277,22 @@ class HotDecoder:
         self._schemas = {fmt: _hot_schemas(fmt) for fmt in (DEFAULT, SIMPLE)}
         self._first = _union_decoder(self._schemas[format]).decode
 
-    def decode(self, frame: bytes) -> HotTicker | HotOrderbook | HotTrade | Event:
-        """One object frame -> a hot struct (ticker, orderbook, trade) or a typed event."""
-        if type(frame) is bytes and len(frame) <= self.max_frame_bytes:
+    def decode(
+        self, frame: bytes | bytearray | memoryview
+    ) -> HotTicker | HotOrderbook | HotTrade | Event:
+        """One object frame -> a hot struct (ticker, orderbook, trade) or a typed event.
+
+        A memoryview or bytearray (a frame parser's reusable buffer) is copied first:
+        a HotTrade keeps zero-copy slices of its frame, which must not change later.
+        """
+        if type(frame) is not bytes:
+            if type(frame) is memoryview and frame.nbytes <= self.max_frame_bytes:
+                frame = frame.tobytes()
+            elif type(frame) is bytearray and len(frame) <= self.max_frame_bytes:
+                frame = bytes(frame)
+            else:
+                return self._decode_slow(frame)
+        if len(frame) <= self.max_frame_bytes:
             try:
                 return self._first(frame)
             except DECODE_ERRORS:
