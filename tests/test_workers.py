@@ -816,3 +816,43 @@ def test_worker_notices_when_the_shm_writer_goes_away(feed, ctx):
         assert monitor.writer_events == [("orderbook", False)]
     finally:
         writer.close()
+
+
+def test_candles_and_orders_reach_their_hooks_by_topic(feed, ctx):
+    class CandlesAndOrders(Worker):
+        types = ("candle.1m", "myOrder")
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.events = []
+
+        def on_candle(self, event):
+            self.events.append(("candle", event.code, event.unit, event.trade_price))
+
+        def on_order(self, event):
+            self.events.append(("order", event.code, event.state, event.paid_fee))
+
+    candle = orjson.loads((SAMPLES / "candle_default_KRW-BTC_1.json").read_bytes())
+    candle["type"] = "candle.1m"
+    order = orjson.loads((SAMPLES / "myorder_default_KRW-BTC_1.json").read_bytes())
+    worker = CandlesAndOrders(["KRW-BTC"], control_endpoint=feed.server.endpoint, context=ctx)
+    assert worker.topic_prefixes() == [b"sys.", b"candle.1m.KRW-BTC ", b"myOrder.KRW-BTC "]
+    with RunningWorker(worker):
+        warm_up_in_process(feed.publisher, worker)
+        assert feed.registry.desired() == [
+            Subscription("candle.1m", ("KRW-BTC",)),
+            Subscription("myOrder", ("KRW-BTC",)),
+        ]
+        publish = feed.publisher.publish
+        publish(b"candle.5m.KRW-BTC", orjson.dumps({**candle, "type": "candle.5m"}), 1)
+        publish(b"candle.1m.KRW-ETH", orjson.dumps({**candle, "code": "KRW-ETH"}), 1)
+        publish(b"candle.1m.KRW-BTC", orjson.dumps(candle), 1)
+        publish(b"myOrder.KRW-ETH", orjson.dumps({**order, "code": "KRW-ETH"}), 1)
+        publish(b"myOrder.KRW-BTC", orjson.dumps(order), 1)
+        wait_until(lambda: len(worker.events) >= 2, what="a candle and an order")
+        time.sleep(0.1)  # anything filtered wrongly would arrive in this window
+    assert worker.events == [
+        ("candle", "KRW-BTC", "1m", Decimal("142009000.00000000")),
+        ("order", "KRW-BTC", "trade", Decimal("22.467660028283017")),
+    ]
+    assert feed.registry.desired() == []
