@@ -44,6 +44,8 @@ from shm.segment import (
 )
 
 _FAST_TRIES = 64
+# since() copies batches up to this size record by record, larger ones with numpy.
+_SMALL_BATCH = 16
 _frombuffer = np.frombuffer
 _FOLLOW_CHECK_NS = 1_000_000
 _STATE_NAMES = {L.STATE_LIVE: "live", L.STATE_CLOSED: "closed", L.STATE_SUPERSEDED: "superseded"}
@@ -70,6 +72,7 @@ class _Mapping:
         self.codes = read_symbols(buf, info, info.n_symbols)
         self.ids = {code: i for i, code in enumerate(self.codes)}
         self.slots = self._slots_of(self.ids)
+        self.no_records = np.empty(0, self.dtype)
         self.ring_seq = np.ndarray(
             (self.capacity,), "<u8", buffer=buf, offset=self.ring_off, strides=(self.size,)
         )
@@ -289,10 +292,12 @@ class SnapshotReader:
         if cursor > head:
             cursor = 0
         if cursor == head:
-            return np.empty(0, m.dtype), head, 0
+            return m.no_records, head, 0
         capacity, size = m.capacity, m.size
         first = max(cursor + 1, head - capacity + 1)
         count = head - first + 1
+        if count <= _SMALL_BATCH:
+            return self._since_small(m, first, head, cursor)
         start = (first - 1) % capacity
         records = np.empty(count, m.dtype)
         out = records.view(np.uint8)
@@ -308,6 +313,27 @@ class SnapshotReader:
         if lost:
             records = records[valid]
         return records, head, first - 1 - cursor + lost
+
+    def _since_small(
+        self, m: _Mapping, first: int, head: int, cursor: int
+    ) -> tuple[np.ndarray, int, int]:
+        """since() for a few records: per-record seqlocked copies, no array arithmetic."""
+        q, buf, size, capacity, ring_off = m.q, m.buf, m.size, m.capacity, m.ring_off
+        out = bytearray((head - first + 1) * size)
+        kept = 0
+        for position in range(first, head + 1):
+            start = ring_off + (position - 1) % capacity * size
+            word = start >> 3
+            if q[word] != 2 * position:
+                continue  # overwritten by a newer record, or being overwritten now
+            data = buf[start : start + size]
+            if q[word] == 2 * position:
+                out[kept * size : (kept + 1) * size] = data
+                kept += 1
+        lost = head - first + 1 - kept
+        if lost:
+            del out[kept * size :]
+        return np.frombuffer(out, m.dtype), head, first - 1 - cursor + lost
 
     def age(self, code: str, now_ns: int | None = None) -> float:
         """Seconds since ``code``'s newest record was received; inf if it has none."""

@@ -81,15 +81,17 @@ def test_one_writer_two_readers_hammer(prefix: str, kind: str) -> None:
 
 @pytest.mark.timeout(90)
 def test_writer_sigkill_then_restart(prefix: str) -> None:
-    results, close_event = SPAWN.Queue(), SPAWN.Event()
+    # One queue per writer: a process killed while it shares a queue can leave the
+    # queue's lock held (multiprocessing documents this), so the victim gets its own.
+    first_results, results, close_event = SPAWN.Queue(), SPAWN.Queue(), SPAWN.Event()
     first = SPAWN.Process(
         target=H.writer_main,
-        args=(prefix, "ticker", CODES, 256, -1, results, close_event, 0.001),
+        args=(prefix, "ticker", CODES, 256, -1, first_results, close_event, 0.001),
     )
     second = None
     try:
         first.start()
-        _, first_pid, first_generation, _ = H.get(results)
+        _, first_pid, first_generation, _ = H.get(first_results)
         reader = shm.attach(prefix, "ticker", timeout=10, heartbeat_timeout=5.0)
         assert reader.wait_for_update("KRW-BTC", 0, timeout=10) is not None
         assert reader.writer_alive and reader.writer_pid == first_pid

@@ -390,3 +390,22 @@ def test_reader_never_returns_a_record_the_writer_is_inside(prefix: str) -> None
         records, cursor, overrun = reader.since(0)
         assert len(records) == 0 and cursor == 1 and overrun == 1
         reader.close()
+
+
+@pytest.mark.parametrize("lost_in_the_middle", [False, True])
+def test_since_large_batches(prefix: str, lost_in_the_middle: bool) -> None:
+    with shm.TickerWriter(prefix, CODES, capacity=64) as writer:
+        reader = shm.attach(prefix, "ticker", timeout=1)
+        for k in range(200):
+            writer.write_ticker(H.make_ticker(CODES[k % 3], k, k % 3), recv_ns=k)
+        if lost_in_the_middle:
+            # The writer caught inside the record of feed_seq 150: not returned, counted.
+            writer._q[(writer._ring_off + (150 - 1) % 64 * writer.dtype.itemsize) >> 3] = 299
+        records, cursor, overrun = reader.since(0)
+        expected = [p for p in range(137, 201) if not (lost_in_the_middle and p == 150)]
+        assert list(records["feed_seq"]) == expected
+        assert cursor == 200 and overrun == 136 + lost_in_the_middle
+        assert H.bad_tickers(records) == 0
+        records, cursor, overrun = reader.since(180)
+        assert list(records["feed_seq"]) == list(range(181, 201)) and overrun == 0
+        reader.close()
