@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from simulator import encode
 from simulator.http import HttpError, HttpRequest, HttpResponse
 from simulator.limits import SlidingWindow
-from simulator.numbers import SCALE, from_decimal
+from simulator.markets import tick_size
+from simulator.numbers import SCALE, from_decimal, plain
 from simulator.private import AuthError, OrderError, query_string
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 _GROUPS = {
     ("GET", "/v1/market/all"): "market",
     ("GET", "/v1/ticker"): "ticker",
+    ("GET", "/v1/ticker/all"): "ticker",
+    ("GET", "/v1/orderbook/instruments"): "orderbook",
     ("GET", "/v1/orderbook"): "orderbook",
     ("GET", "/v1/trades/ticks"): "trade",
     ("POST", "/v1/orders"): "order",
@@ -142,8 +145,12 @@ class RestApi:
             states = self._states(_one(query, "markets"), headers)
             body = "[" + ",".join(encode.rest_ticker(state) for state in states) + "]"
             return HttpResponse(200, body.encode(), headers=headers)
+        if path == "/v1/ticker/all":
+            return self._ticker_all(query, headers)
         if path == "/v1/orderbook":
             return self._orderbook(query, headers)
+        if path == "/v1/orderbook/instruments":
+            return self._instruments(query, headers)
         if path == "/v1/trades/ticks":
             return self._trades(query, headers)
         return self._exchange_api(request, headers)
@@ -165,6 +172,31 @@ class RestApi:
         if not found:
             raise _Reply(_error(404, "not_found", "Code not found", headers))
         return found
+
+    def _ticker_all(self, query: dict[str, list[str]], headers: dict[str, str]) -> HttpResponse:
+        quotes_text = _one(query, "quote_currencies")
+        quotes = set(quotes_text.split(",")) if quotes_text else None
+        states = [
+            state
+            for state in self.exchange.generator.states.values()
+            if quotes is None or state.info.quote in quotes
+        ]
+        body = "[" + ",".join(encode.rest_ticker(state) for state in states) + "]"
+        return HttpResponse(200, body.encode(), headers=headers)
+
+    def _instruments(self, query: dict[str, list[str]], headers: dict[str, str]) -> HttpResponse:
+        items = []
+        for state in self._states(_one(query, "markets"), headers):
+            info = state.info
+            items.append(
+                {
+                    "market": info.code,
+                    "quote_currency": info.quote,
+                    "tick_size": plain(tick_size(info.quote, state.best_ask)),
+                    "supported_levels": [plain(level) for level in info.supported_levels],
+                }
+            )
+        return HttpResponse.json(200, items, headers)
 
     def _orderbook(self, query: dict[str, list[str]], headers: dict[str, str]) -> HttpResponse:
         states = self._states(_one(query, "markets"), headers)
@@ -238,9 +270,12 @@ class RestApi:
             if request.path == "/v1/accounts":
                 return HttpResponse.json(200, self._accounts(), headers)
             order = exchange.account.find(params.get("uuid"), params.get("identifier"))
+            answer = order.rest_json(created)
             if request.method == "DELETE":
+                # Upbit answers with the order as accepted for cancellation (still
+                # "wait"); the "cancel" state arrives as a myOrder event.
                 exchange.publish_private(exchange.account.cancel(order.uuid, now_ms))
-            return HttpResponse.json(200, order.rest_json(created), headers)
+            return HttpResponse.json(200, answer, headers)
         except OrderError as exc:
             return _error(exc.status, exc.name, exc.message, headers)
 

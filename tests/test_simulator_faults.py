@@ -60,8 +60,14 @@ def test_stall_keeps_tcp_open_but_silent(sim):
         assert sim.control.stall(0.8, connection=conn_id) == [conn_id]
         collect_for(ws, 0.05)
         ws.ping("during stall")
-        silent = collect_for(ws, 0.5)
-        assert silent == []
+        ws.settimeout(0.5)
+        with pytest.raises(websocket.WebSocketTimeoutException):
+            ws.recv_data(control_frame=True)
+        ws.settimeout(3)
+        opcode, payload = ws.recv_data(control_frame=True)
+        while opcode != websocket.ABNF.OPCODE_PONG:
+            opcode, payload = ws.recv_data(control_frame=True)
+        assert payload == b"during stall"
         resumed = collect(ws, lambda m: len(m) >= 3, timeout=3)
         assert all(m["type"] == "trade" for m in resumed)
     finally:
@@ -199,3 +205,16 @@ def test_raw_socket_sees_plain_http_errors(sim):
     with socket.create_connection((host, int(port)), timeout=3) as raw:
         raw.sendall(b"GET /websocket/v1 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert raw.recv(100).startswith(b"HTTP/1.1 426")
+
+
+def test_shutdown_closes_everything_promptly():
+    sim = Simulator(markets=3, rate=200.0).start()
+    ws = subscribed(sim)
+    try:
+        sim.stop()  # raises TimeoutError if the loop thread does not end
+        assert dropped(ws)
+        with pytest.raises((ConnectionError, websocket.WebSocketException)):
+            connect(sim.public_url, timeout=1)
+    finally:
+        ws.close()
+        sim.stop()

@@ -206,3 +206,40 @@ def test_market_orders_fill_at_the_book(sim):
         assert events[1]["price"] * events[1]["volume"] <= Decimal("10000")
     finally:
         ws.close()
+
+
+def signed_request(sim, method, path, params=None):
+    query = query_string(params) if params else ""
+    claims = {"access_key": ACCESS, "nonce": str(uuid.uuid4())}
+    if query:
+        claims["query_hash"] = hashlib.sha512(query.encode()).hexdigest()
+        claims["query_hash_alg"] = "SHA512"
+    bearer = jwt.encode(claims, SECRET, algorithm="HS256")
+    url = f"{sim.rest_url}{path}" + (f"?{query}" if query else "")
+    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {bearer}"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_order_lookup_cancel_and_accounts(sim):
+    body = {"market": "KRW-ETH", "side": "bid", "ord_type": "limit", "price": "1000", "volume": "2"}
+    status, order = post_order(sim, {**body, "identifier": "lookup-1"})
+    assert status == 201
+    status, found = signed_request(sim, "GET", "/v1/order", {"uuid": order["uuid"]})
+    assert status == 200 and found["uuid"] == order["uuid"] and found["state"] == "wait"
+    status, found = signed_request(sim, "GET", "/v1/order", {"identifier": "lookup-1"})
+    assert status == 200 and found["uuid"] == order["uuid"]
+    status, _ = signed_request(sim, "GET", "/v1/accounts")
+    assert status == 200
+    status, cancelled = signed_request(sim, "DELETE", "/v1/order", {"uuid": order["uuid"]})
+    assert status == 200 and cancelled["state"] == "wait"
+    status, found = signed_request(sim, "GET", "/v1/order", {"uuid": order["uuid"]})
+    assert found["state"] == "cancel"
+    status, accounts = signed_request(sim, "GET", "/v1/accounts")
+    krw = next(a for a in accounts if a["currency"] == "KRW")
+    assert isinstance(krw["balance"], str) and Decimal(krw["locked"]) >= 0
+    status, missing = signed_request(sim, "GET", "/v1/order", {"uuid": "no-such-order"})
+    assert status == 404 and missing["error"]["name"] == "order_not_found"

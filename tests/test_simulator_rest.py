@@ -65,6 +65,21 @@ def test_ticker_and_orderbook(sim):
     assert status == 404
 
 
+def test_ticker_all_and_orderbook_instruments(sim):
+    _, _, body = get(f"{sim.rest_url}/v1/ticker/all?quote_currencies=BTC,USDT")
+    markets = [t["market"] for t in decode(body)]
+    assert markets and all(m.startswith(("BTC-", "USDT-")) for m in markets)
+    _, _, body = get(f"{sim.rest_url}/v1/orderbook/instruments?markets=KRW-BTC,BTC-ETH")
+    krw, btc = json.loads(body)
+    assert krw == {
+        "market": "KRW-BTC",
+        "quote_currency": "KRW",
+        "tick_size": "1000",
+        "supported_levels": ["0", "10000", "100000"],
+    }
+    assert btc["tick_size"] == "0.00000001" and btc["supported_levels"] == ["0"]
+
+
 def test_trades_ticks_serve_the_websocket_trades(sim):
     ws = connect(sim.public_url)
     try:
