@@ -92,15 +92,15 @@ class Router:
         """Decode and dispatch one frame. Raises UpstreamError on an exchange error frame."""
         try:
             msg = decoder.decode(frame)
+            handler = self._handlers.get(type(msg))
+            if handler is None:
+                handler = self._handler_for(type(msg))
+            # A hot trade checks its decimals when rendered, so the handler can raise too.
+            handler(connection, msg, recv_ns)
         except ProtocolError as exc:
             self.counts["bad_frame"] += 1
             if self._on_bad_frame is not None:
                 self._on_bad_frame(connection, exc)
-            return
-        handler = self._handlers.get(type(msg))
-        if handler is None:
-            handler = self._handler_for(type(msg))
-        handler(connection, msg, recv_ns)
 
     def _handler_for(self, kind: type) -> Callable[[str, Any, int], None]:
         """Resolve (once per class) the handler of a decoded type or its format subclass."""

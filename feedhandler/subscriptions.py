@@ -42,7 +42,10 @@ def merge(subscriptions: Iterable[Subscription]) -> list[Subscription]:
     A depth suffix of None means Upbit's default depth (30, the deepest), so it wins.
     """
     codes_by_key: dict[OptionKey, dict[str, int | None]] = {}
+    every_market: set[OptionKey] = set()
     for sub in subscriptions:
+        if sub.type == "myOrder" and not sub.codes:
+            every_market.add(_options(sub))  # no codes = every market; it absorbs the others
         codes = codes_by_key.setdefault(_options(sub), {})
         for entry in sub.codes:
             code, depth = split_code(entry)
@@ -52,8 +55,10 @@ def merge(subscriptions: Iterable[Subscription]) -> list[Subscription]:
                 known = codes[code]
                 codes[code] = None if known is None or depth is None else max(known, depth)
     merged = []
-    for (type_, level, snap, real), codes in sorted(codes_by_key.items(), key=_sort_key):
-        entries = tuple(c if d is None else f"{c}.{d}" for c, d in codes.items())
+    for key, codes in sorted(codes_by_key.items(), key=_sort_key):
+        type_, level, snap, real = key
+        kept = {} if key in every_market else codes
+        entries = tuple(c if d is None else f"{c}.{d}" for c, d in kept.items())
         merged.append(Subscription(type_, entries, level, snap, real))
     return merged
 

@@ -21,6 +21,9 @@ from feedhandler.app import FeedProcess
 from feedhandler.config import Settings, load_settings
 
 SHM_DIR = Path("/dev/shm")
+# Segments this test session creates carry its pid, so concurrent sessions never judge
+# (or remove) each other's segments.
+SESSION_PREFIX = f"uft-{os.getpid()}-"
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
@@ -92,7 +95,7 @@ class FeedHarness:
     """Settings pointing at a simulator, a unique shm prefix and a short ipc directory."""
 
     def __init__(self, sim: Any, tmp_path: Path, body: dict[str, Any]) -> None:
-        self.prefix = f"uft-{uuid.uuid4().hex[:8]}"
+        self.prefix = f"{SESSION_PREFIX}{uuid.uuid4().hex[:8]}"
         self.runtime_dir = tempfile.mkdtemp(prefix="uf-", dir="/tmp")
         self.env = {
             "UPFEED__UPBIT__PUBLIC_URL": sim.public_url,
@@ -155,11 +158,9 @@ def collectors() -> Iterator[Callable[..., BusCollector]]:
 
 @pytest.fixture(scope="session", autouse=True)
 def no_shm_leaks() -> Iterator[None]:
-    """Fail loudly when the session leaves a project segment behind in /dev/shm."""
-    before = {p.name for p in SHM_DIR.iterdir()} if SHM_DIR.exists() else set()
+    """Fail loudly when this session leaves one of its segments behind in /dev/shm."""
     yield
-    after = {p.name for p in SHM_DIR.iterdir()} if SHM_DIR.exists() else set()
-    leaked = sorted(n for n in after - before if n.startswith(("upfeed", "uft-")))
+    leaked = sorted(p.name for p in SHM_DIR.glob(f"{SESSION_PREFIX}*"))
     for name in leaked:
         (SHM_DIR / name).unlink(missing_ok=True)
     assert not leaked, f"shared-memory segments leaked: {leaked}"

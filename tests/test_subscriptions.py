@@ -128,3 +128,8 @@ def test_capacity_error_leaves_previous_state():
     assert reg.plan("public-0").subscriptions == (Subscription("ticker", ("KRW-BTC",)),)
     reg.set_source("w1", [Subscription("ticker", ("KRW-ETH",))])
     assert reg.plan("public-0").codes == {"KRW-BTC", "KRW-ETH"}
+
+
+def test_myorder_without_codes_means_every_market_and_absorbs_codes():
+    merged = merge([Subscription("myOrder", ("KRW-BTC",)), Subscription("myOrder")])
+    assert merged == [Subscription("myOrder")]

@@ -9,11 +9,17 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
+from jwt.warnings import InsecureKeyLengthWarning
+
+# Upbit issues the secret keys and their length is theirs to choose (shorter than the
+# 64 bytes PyJWT recommends for HS512); warning every user about it helps no one.
+warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
 
 ACCESS_KEY_ENV = "UPBIT_ACCESS_KEY"
 SECRET_KEY_ENV = "UPBIT_SECRET_KEY"

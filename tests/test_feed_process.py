@@ -1,0 +1,163 @@
+"""The feed process as users start it: private feed, wrong keys, signals, bad config."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from simulator import Simulator
+from tests.conftest import SHM_DIR, wait_until
+
+ACCESS = "feed-test-access-key-0123456789"
+SECRET = "feed-test-secret-key-abcdefghijklmnopqrstuvwxyz"
+JWT_SHAPE = re.compile(rb"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.")
+
+
+def start_feed(harness, extra_env: dict[str, str]) -> subprocess.Popen:
+    env = harness.process_env()
+    env.update(extra_env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "feedhandler", "run", "--config", str(harness.config_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop_feed(proc: subprocess.Popen, timeout: float = 2.0) -> tuple[int, bytes, float]:
+    """SIGTERM, then the exit code, all output and the seconds it took to exit."""
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=timeout + 3)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
+    return proc.returncode, out, time.monotonic() - started
+
+
+def test_private_feed_publishes_orders_and_assets_with_exact_decimals(feed_harness, collectors):
+    with Simulator(markets=3, rate=50.0, access_key=ACCESS, secret_key=SECRET) as sim:
+        harness = feed_harness(
+            sim,
+            {
+                "subscriptions": [
+                    {"type": "ticker", "codes": ["KRW-BTC"]},
+                    {"type": "myOrder", "codes": []},
+                    {"type": "myAsset"},
+                ]
+            },
+        )
+        feed = harness.start({"UPBIT_ACCESS_KEY": ACCESS, "UPBIT_SECRET_KEY": SECRET})
+        bus = collectors(feed.publisher.endpoint, (b"myOrder.", b"myAsset"))
+        wait_until(
+            lambda: (
+                "private" in feed.connections
+                and feed.connections["private"].health.snapshot()["connected"]
+            ),
+            10,
+        )
+        wait_until(
+            lambda: any(
+                c["authorization"] and c["requests"]
+                for c in sim.control.journal(sids=False)["connections"]
+            ),
+            10,
+        )
+        order = sim.control.place_order(
+            market="KRW-BTC", side="bid", ord_type="limit", price="100000000", volume="0.01"
+        )
+        sim.control.fill_order(order["uuid"], volume="0.004")
+        wait_until(
+            lambda: len(bus.topics("myOrder.KRW-BTC")) >= 2 and len(bus.topics("myAsset")) >= 2, 10
+        )
+        orders = [m["data"] for _, m in bus.topics("myOrder.KRW-BTC")]
+        assert [o["state"] for o in orders[:2]] == ["wait", "trade"]
+        assert orders[0]["uuid"] == order["uuid"]
+        assert orders[0]["price"] == "100000000"
+        assert orders[1]["volume"] == "0.004"
+        asset = bus.topics("myAsset")[0][1]["data"]["assets"][0]
+        assert asset["currency"] == "KRW"
+        # 27 significant digits: survives only as a decimal string, never as a float
+        assert asset["balance"] == "98999500.37231066771348207123"
+        assert feed.connections["private"].status()["failed"] is None
+
+
+def test_wrong_keys_fail_clearly_without_leaking_them(feed_harness):
+    with Simulator(markets=2, rate=20.0, access_key=ACCESS, secret_key=SECRET) as sim:
+        harness = feed_harness(
+            sim,
+            {
+                "subscriptions": [
+                    {"type": "ticker", "codes": ["KRW-BTC"]},
+                    {"type": "myAsset"},
+                ]
+            },
+        )
+        wrong_secret = "wrong-secret-that-must-never-be-printed-123"
+        proc = start_feed(harness, {"UPBIT_ACCESS_KEY": ACCESS, "UPBIT_SECRET_KEY": wrong_secret})
+        wait_until(
+            lambda: any(
+                c["path"].endswith("/private") and c["reason"]
+                for c in sim.control.journal(sids=False)["connections"]
+            ),
+            15,
+        )
+        time.sleep(0.5)
+        code, out, _ = stop_feed(proc)
+    assert code == 0, out.decode(errors="replace")[-2000:]
+    assert b"authentication rejected" in out
+    for secret in (ACCESS.encode(), wrong_secret.encode()):
+        assert secret not in out
+    assert not JWT_SHAPE.search(out)
+
+
+def test_sigterm_stops_within_two_seconds_and_unlinks_shm(feed_harness):
+    with Simulator(markets=4, rate=500.0) as sim:
+        harness = feed_harness(
+            sim,
+            {
+                "subscriptions": [
+                    {"type": "ticker", "codes": "all"},
+                    {"type": "orderbook", "codes": "all"},
+                    {"type": "trade", "codes": "all"},
+                ]
+            },
+        )
+        proc = start_feed(harness, {})
+        segments = [SHM_DIR / f"{harness.prefix}.{kind}" for kind in ("ticker", "orderbook")]
+        wait_until(lambda: all(p.exists() for p in segments), 15)
+        wait_until(
+            lambda: any(c["requests"] for c in sim.control.journal(sids=False)["connections"]), 10
+        )
+        time.sleep(0.5)
+        code, out, took = stop_feed(proc)
+    assert code == 0, out.decode(errors="replace")[-2000:]
+    assert took < 2.0, took
+    assert not any(p.exists() for p in segments)
+    assert b"event=feed_stopped" in out
+
+
+def test_private_types_without_keys_exit_2_with_one_clear_line(tmp_path: Path):
+    config = tmp_path / "private.yaml"
+    config.write_text("subscriptions:\n  - type: myAsset\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UPBIT_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "feedhandler", "run", "--config", str(config)],
+        check=False,
+        env=env,
+        capture_output=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1
+    assert "myAsset" in lines[0] and "UPBIT_ACCESS_KEY" in lines[0]
+    assert str(config) in lines[0]
+    assert b"Traceback" not in proc.stderr
