@@ -1,10 +1,16 @@
-"""``python -m bench NAME [options]`` runs ``bench.NAME.main(options)`` (e.g. ``codec``)."""
+"""``python -m bench NAME [options]`` runs ``bench.NAME.main(options)`` (e.g. ``codec``).
+
+``python -m bench all`` runs every benchmark in :data:`ALL` one after the other with its
+default options.
+"""
 
 from __future__ import annotations
 
 import importlib
 import re
 import sys
+
+ALL = ("codec", "wsrecv", "shm", "simulator_burst")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,6 +19,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write("usage: python -m bench NAME [options]   (for example: codec)\n")
         return 0 if args else 2
     name, rest = args[0], args[1:]
+    if name == "all":
+        failed = [each for each in ALL if main([each, *rest]) != 0]
+        if failed:
+            sys.stderr.write(f"benchmarks failed: {', '.join(failed)}\n")
+        return 1 if failed else 0
     if re.fullmatch(r"[a-z_][a-z0-9_]*", name) is None:
         sys.stderr.write(f"not a benchmark name: {name!r}\n")
         return 2
