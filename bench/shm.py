@@ -13,7 +13,7 @@
 CPU figures are the minimum over repeats (pyperf-style on a noisy machine); the load
 average is reported with them. Prints one JSON object and writes bench/results/shm.json.
 
-    python -m bench.shm [--seconds S] [--rate R]
+    python -m bench shm [--seconds S] [--rate R] [--output PATH]
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class Orderbook(msgspec.Struct):
     total_ask_size: float
     total_bid_size: float
     level: float
-    orderbook_units: list[Unit]
+    orderbook_units: list[Any]
     stream_type: str
     sim_ns: int = 0
 
@@ -173,6 +173,10 @@ def numpy_fieldwise_write(row: np.ndarray, msg: Ticker, recv_ns: int) -> None:
 def cpu_costs(number: int, repeats: int) -> dict[str, Any]:
     prefix = f"upfeed-bench-{uuid.uuid4().hex[:8]}"
     ticker, book15, book30 = sample_ticker(), sample_orderbook(15), sample_orderbook(30)
+    # The same book with units as (ask_price, bid_price, ask_size, bid_size) tuples: the
+    # writer's path for a decoder that yields tuples instead of unit structs.
+    book15_tuples = sample_orderbook(15)
+    book15_tuples.orderbook_units = [msgspec.structs.astuple(u) for u in book15.orderbook_units]
     with (
         shm.TickerWriter(prefix, CODES, capacity=4096) as tickers,
         shm.OrderbookWriter(prefix, CODES, capacity=4096) as books,
@@ -181,6 +185,9 @@ def cpu_costs(number: int, repeats: int) -> dict[str, Any]:
             "ticker": per_call_ns(lambda: tickers.write_ticker(ticker, 1), number, repeats),
             "orderbook15": per_call_ns(lambda: books.write_orderbook(book15, 1), number, repeats),
             "orderbook30": per_call_ns(lambda: books.write_orderbook(book30, 1), number, repeats),
+            "orderbook15_tuple_units": per_call_ns(
+                lambda: books.write_orderbook(book15_tuples, 1), number, repeats
+            ),
         }
         row = np.zeros(1, shm.TICKER_DTYPE)[0:1]
         write["baseline_numpy_fieldwise_ticker"] = per_call_ns(
@@ -189,6 +196,8 @@ def cpu_costs(number: int, repeats: int) -> dict[str, Any]:
         for code in CODES:
             tickers.write_ticker(sample_ticker(code), 1)
             books.write_orderbook(sample_orderbook(15, code), 1)
+        for _ in range(1000):
+            tickers.write_ticker(ticker, 1)
         with (
             shm.attach(prefix, "ticker", timeout=1) as ticker_reader,
             shm.attach(prefix, "orderbook", timeout=1) as book_reader,
@@ -348,17 +357,23 @@ def visibility(rate: float, seconds: float) -> dict[str, Any]:
     return {
         "rate_per_s": rate,
         "seconds": seconds,
+        "reader": "spins on the head (wait_for_head, poll_interval=0), then since()",
         "shm": _percentiles(shm_latencies),
         "baseline_mp_queue_pickle": _percentiles(queue_latencies),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.shm", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench shm",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="each latency phase")
     parser.add_argument("--rate", type=float, default=10_000.0, help="updates per second")
     parser.add_argument("--number", type=int, default=50_000, help="calls per CPU repeat")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", type=Path, default=RESULTS, help="JSON report file")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.rate <= 0 or args.number < 100 or args.repeats < 1:
         parser.error("need --seconds > 0, --rate > 0, --number >= 100, --repeats >= 1")
@@ -385,8 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(),
     }
     text = json.dumps(report, indent=2)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text + "\n")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text + "\n")
     sys.stdout.write(text + "\n")
     return 0
 

@@ -20,15 +20,14 @@ grows the table up to ``max_symbols`` without a new generation.
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import math
+import multiprocessing.util
 import operator
 import os
 import struct
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Self
 
@@ -61,10 +60,15 @@ _ORDERBOOK_PACKERS = tuple(s.pack_into for s in L.ORDERBOOK_STRUCTS)
 _HEAD = L.H_HEAD
 
 
-def _close_at_exit(ref: weakref.ref[SnapshotWriter]) -> None:
-    writer = ref()
-    if writer is not None:
-        writer.close()
+def _release_segment(
+    segment: WritableSegment, words: memoryview, owner_pid: int, unlink: bool = True
+) -> None:
+    """Mark a segment closed and unlink it; in a forked child only drop the mapping."""
+    owner = os.getpid() == owner_pid
+    if owner:
+        words[L.H_STATE] = L.STATE_CLOSED
+    words.release()
+    segment.close(unlink=unlink and owner)
 
 
 class SnapshotWriter:
@@ -123,7 +127,15 @@ class SnapshotWriter:
         # Connection threads may share one writer; a write is never interleaved with another.
         self._lock = threading.Lock()
         self._owner_pid = os.getpid()
-        self._atexit = atexit.register(_close_at_exit, weakref.ref(self))
+        # Release (mark closed, unlink) when the writer is dropped without close(), and on
+        # a clean exit: multiprocessing's exit hook runs it in a plain interpreter (via
+        # atexit) and in a child process multiprocessing started (which skips atexit).
+        self._finalizer = multiprocessing.util.Finalize(
+            self,
+            _release_segment,
+            args=(segment, self._q, self._owner_pid),
+            exitpriority=10,
+        )
 
     @property
     def path(self) -> str:
@@ -216,12 +228,8 @@ class SnapshotWriter:
                 return
             self._segment = None
             self._hot = None
-            atexit.unregister(self._atexit)
-            owner = os.getpid() == self._owner_pid
-            if owner:
-                self._q[L.H_STATE] = L.STATE_CLOSED
-            self._q.release()
-            segment.close(unlink=unlink and owner)
+            self._finalizer.cancel()
+            _release_segment(segment, self._q, self._owner_pid, unlink)
 
     def __enter__(self) -> Self:
         return self

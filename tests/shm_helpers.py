@@ -331,3 +331,10 @@ def kill_hard(process: Any) -> None:
     if process.pid is not None and process.is_alive():
         os.kill(process.pid, signal.SIGKILL)
     process.join(10)
+
+
+def exit_without_close_main(prefix: str, results: Any) -> None:
+    """A writer process that returns without closing its writer (a clean interpreter exit)."""
+    writer = shm.create_writer(prefix, shm.KIND_TICKER, ["KRW-BTC"], capacity=8)
+    writer.write(make_ticker("KRW-BTC", 1, 0), time.time_ns())
+    results.put(os.path.exists(writer.path))

@@ -167,3 +167,14 @@ def test_second_writer_in_another_process_is_refused(prefix: str) -> None:
     assert status == "owned" and pid == os.getpid()
     assert "live writer" in message and f"{prefix}.orderbook" in message
     assert H.leftover_segments(prefix) == []
+
+
+@pytest.mark.timeout(60)
+def test_writer_process_exiting_cleanly_unlinks_its_segment(prefix: str) -> None:
+    results = SPAWN.Queue()
+    child = SPAWN.Process(target=H.exit_without_close_main, args=(prefix, results))
+    child.start()
+    assert H.get(results) is True
+    child.join(20)
+    assert child.exitcode == 0
+    assert H.leftover_segments(prefix) == []

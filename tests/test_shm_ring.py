@@ -409,3 +409,13 @@ def test_since_large_batches(prefix: str, lost_in_the_middle: bool) -> None:
         records, cursor, overrun = reader.since(180)
         assert list(records["feed_seq"]) == list(range(181, 201)) and overrun == 0
         reader.close()
+
+
+def test_dropped_writer_releases_its_segment(prefix: str) -> None:
+    writer = shm.TickerWriter(prefix, CODES, capacity=8)
+    writer.write_ticker(docs_ticker(), recv_ns=1)
+    reader = shm.attach(prefix, "ticker", timeout=1)
+    del writer
+    assert H.leftover_segments(prefix) == []
+    assert reader.state == "closed" and not reader.writer_alive
+    reader.close()
