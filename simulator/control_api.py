@@ -129,7 +129,7 @@ class ControlApi:
             return {"sent": exchange.malformed(body.get("connection"), kind)}
         if action == "restart":
             seconds = _number(body, "seconds", 1.0)
-            exchange._spawn(exchange.restart(seconds))
+            exchange.spawn(exchange.restart(seconds))
             await asyncio.sleep(0)
             while not exchange.down:
                 await asyncio.sleep(0.005)

@@ -17,13 +17,27 @@ class SlidingWindow:
         self.period = period
         self._times: deque[float] = deque()
 
-    def allow(self, now: float) -> bool:
+    def _purge(self, now: float) -> None:
         times = self._times
         while times and now - times[0] >= self.period:
             times.popleft()
-        if len(times) >= self.limit:
+
+    def full(self, now: float) -> bool:
+        self._purge(now)
+        return len(self._times) >= self.limit
+
+    def remaining(self, now: float) -> int:
+        self._purge(now)
+        return self.limit - len(self._times)
+
+    def record(self, now: float) -> None:
+        self._times.append(now)
+
+    def allow(self, now: float) -> bool:
+        """Record the event and return True if the window has room; else False."""
+        if self.full(now):
             return False
-        times.append(now)
+        self.record(now)
         return True
 
 
@@ -36,12 +50,8 @@ class WindowSet:
         self.windows = [SlidingWindow(limit, period) for limit, period in limits]
 
     def allow(self, now: float) -> bool:
+        if any(window.full(now) for window in self.windows):
+            return False
         for window in self.windows:
-            times = window._times
-            while times and now - times[0] >= window.period:
-                times.popleft()
-            if len(times) >= window.limit:
-                return False
-        for window in self.windows:
-            window._times.append(now)
+            window.record(now)
         return True

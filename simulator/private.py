@@ -213,11 +213,11 @@ class Account:
         return self.balances.setdefault(currency, [Decimal(0), Decimal(0)])
 
     def find(self, order_uuid: str | None, identifier: str | None = None) -> Order:
-        for order in self.orders.values():
-            if order.uuid == order_uuid or (
-                identifier is not None and order.identifier == identifier
-            ):
-                return order
+        order = self.orders.get(order_uuid) if order_uuid is not None else None
+        if order is None and identifier is not None:
+            order = next((o for o in self.orders.values() if o.identifier == identifier), None)
+        if order is not None:
+            return order
         raise OrderError(404, "order_not_found", "주문을 찾지 못했습니다.")
 
     def place(self, params: dict[str, Any], now_ms: int) -> tuple[Order, list[Event]]:

@@ -84,8 +84,7 @@ class RestApi:
         limited = self._limit(ip, group, now, request.path)
         if limited is not None:
             return limited
-        window = self.windows[(ip, group)]
-        left = window.limit - len(window._times)
+        left = self.windows[(ip, group)].remaining(now)
         headers = {"Remaining-Req": f"group={group}; min=1800; sec={left}"}
         try:
             return self._route(request, group, headers)

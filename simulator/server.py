@@ -27,6 +27,8 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from simulator import encode
+from simulator.burst import run_burst
+from simulator.control_api import ControlApi
 from simulator.encode import (
     STATUS_UP,
     base_format,
@@ -39,12 +41,14 @@ from simulator.encode import (
 )
 from simulator.frames import frame
 from simulator.generator import MarketGenerator, MarketState, Trade
+from simulator.http import HttpServer
 from simulator.journal import ConnectionRecord, Journal
 from simulator.limits import SlidingWindow, WindowSet
 from simulator.markets import market_list
 from simulator.numbers import to_decimal
 from simulator.private import Account, Authenticator, AuthError, encode_private
 from simulator.request import ParsedRequest, RequestError, Stream, parse_request
+from simulator.rest import RestApi
 
 log = logging.getLogger("simulator")
 
@@ -187,11 +191,6 @@ class Exchange:
         self.down = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
-        # Imported here: rest.py and control.py need the Exchange type.
-        from simulator.control_api import ControlApi  # noqa: PLC0415
-        from simulator.http import HttpServer  # noqa: PLC0415
-        from simulator.rest import RestApi  # noqa: PLC0415
-
         self.rest_api = RestApi(self)
         self.rest_http = HttpServer(self.rest_api.handle, "rest")
         self.control_http = HttpServer(ControlApi(self).handle, "control")
@@ -213,8 +212,8 @@ class Exchange:
     async def start(self) -> dict[str, str]:
         await self._listen()
         self.control_port = await self.control_http.start(self.config.host, self.control_port)
-        self._spawn(self._pace())
-        self._spawn(self._watchdog())
+        self.spawn(self._pace())
+        self.spawn(self._watchdog())
         log.info("event=simulator_listening %s", " ".join(f"{k}={v}" for k, v in self.urls.items()))
         return self.urls
 
@@ -262,7 +261,8 @@ class Exchange:
         await self.control_http.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the exchange cancels on stop and logs if it fails."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -293,7 +293,7 @@ class Exchange:
                     {"t": time.time(), "client": client_ip, "path": path, "kind": kind}
                 )
                 log.info("event=connect_rejected client=%s kind=%s", client_ip, kind)
-                return _too_many(conn)
+                return conn.respond(429, "Too Many Requests\n")
         return None
 
     async def _handler(self, conn: ServerConnection) -> None:
@@ -365,9 +365,8 @@ class Exchange:
         if client.closing:
             return
         if message in ("PING", b"PING"):
-            client.pending.append(STATUS_UP)
             client.status_next = now + self.config.status_interval
-            self._flush(client)
+            self._send_direct(client, STATUS_UP)
             return
         wall = time.time()
         if self.forced_ws_errors > 0:
@@ -403,10 +402,9 @@ class Exchange:
     def _fail(self, client: Client, error: RequestError) -> None:
         client.record.errors.append({"t": time.time(), "name": error.name})
         self._unsubscribe(client)
-        client.pending.append(encode_error(error.name, error.message))
-        self._flush(client)
+        self._send_direct(client, encode_error(error.name, error.message))
         client.closing = True
-        self._spawn(self._close_later(client))
+        self.spawn(self._close_later(client))
 
     async def _close_later(self, client: Client) -> None:
         await asyncio.sleep(self.config.error_close_delay)
@@ -609,17 +607,11 @@ class Exchange:
         ):
             pending.clear()
             return
-        if self.config.stamp and not client.private:
+        if self.config.stamp:
             stamp = b',"sim_ns":%d}' % time.time_ns()
-            pending = [
-                p if p.startswith(b'{"error"') or p == STATUS_UP else p[:-1] + stamp
-                for p in pending
-            ]
+            pending = [p[:-1] + stamp for p in pending]
         if client.list_format:
-            data = b"".join(
-                frame(p if p.startswith(b'{"error"') or p == STATUS_UP else b"[" + p + b"]")
-                for p in pending
-            )
+            data = b"".join(frame(b"[" + p + b"]") for p in pending)
         else:
             data = b"".join(map(frame, pending))
         client.pending = []
@@ -628,6 +620,21 @@ class Exchange:
         if transport.get_write_buffer_size() > self.config.max_write_buffer:
             log.warning("event=slow_consumer id=%s", client.id)
             self._abort(client, "slow_consumer")
+
+    def _send_direct(self, client: Client, payload: bytes, list_wrap: bool = False) -> None:
+        """Write a frame that is not market data (status, error, private event) now,
+        after whatever market frames are pending, never stamped."""
+        self._flush(client)
+        transport = client.conn.transport
+        if (
+            client.stalled_until > self.monotonic()
+            or client.conn.state is not State.OPEN
+            or transport is None
+            or transport.is_closing()
+        ):
+            return
+        transport.write(frame(b"[" + payload + b"]" if list_wrap else payload))
+        client.last_tx = self.monotonic()
 
     # --- private events ---
 
@@ -639,8 +646,7 @@ class Exchange:
                     targets[client] = None
             for client in targets:
                 payload = encode_private(event, simple=client.format == encode.SIMPLE)
-                client.pending.append(payload)
-                self._flush(client)
+                self._send_direct(client, payload, client.list_format)
 
     def _best_price(self, code: str, side: str) -> Decimal:
         state = self.generator.states[code]
@@ -662,8 +668,7 @@ class Exchange:
                     continue
                 if client.status_next is not None and now >= client.status_next:
                     client.status_next = now + self.config.status_interval
-                    client.pending.append(STATUS_UP)
-                    self._flush(client)
+                    self._send_direct(client, STATUS_UP)
 
     # --- faults (called by the control API) ---
 
@@ -726,11 +731,4 @@ class Exchange:
     async def burst(
         self, count: int, connection: int | str | None, types: list[str] | None
     ) -> dict[str, Any]:
-        from simulator.burst import run_burst  # noqa: PLC0415
-
         return await run_burst(self, count, connection, types)
-
-
-def _too_many(conn: ServerConnection) -> Response:
-    response = conn.respond(429, "Too Many Requests\n")
-    return response
