@@ -251,4 +251,8 @@ def dtype_descr_text(dtype: np.dtype) -> bytes:
 
 
 def dtype_from_descr_text(text: bytes) -> np.dtype:
-    return np.dtype(ast.literal_eval(text.decode("ascii")))
+    """The dtype back from :func:`dtype_descr_text`; ValueError if the text is damaged."""
+    try:
+        return np.dtype(ast.literal_eval(text.decode("ascii")))
+    except (SyntaxError, TypeError, ValueError, MemoryError, RecursionError) as exc:
+        raise ValueError(f"unreadable record dtype description: {exc}") from exc

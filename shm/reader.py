@@ -18,6 +18,7 @@ import contextlib
 import math
 import mmap
 import os
+import struct
 import time
 from collections.abc import Callable, Iterable
 from typing import Self
@@ -47,6 +48,7 @@ _FAST_TRIES = 64
 # since() copies batches up to this size record by record, larger ones with numpy.
 _SMALL_BATCH = 16
 _frombuffer = np.frombuffer
+_INT64 = struct.Struct("<q")
 _FOLLOW_CHECK_NS = 1_000_000
 _STATE_NAMES = {L.STATE_LIVE: "live", L.STATE_CLOSED: "closed", L.STATE_SUPERSEDED: "superseded"}
 
@@ -56,6 +58,13 @@ class _Mapping:
 
     def __init__(self, name: str, buf: mmap.mmap, inode: int, info: HeaderInfo) -> None:
         geometry = info.geometry
+        # Parsed first: nothing below may hold a view of buf if these raise.
+        self.dtype = L.dtype_from_descr_text(read_descr(buf, info))
+        if self.dtype.itemsize != geometry.record_size:
+            raise ValueError(
+                f"record dtype is {self.dtype.itemsize} bytes, records are {geometry.record_size}"
+            )
+        self.codes = read_symbols(buf, info, info.n_symbols)
         self.buf = buf
         self.inode = inode
         self.generation = info.generation
@@ -68,8 +77,6 @@ class _Mapping:
         self.latest_off = geometry.latest_off
         self.ring_off = geometry.ring_off
         self.index_word = geometry.index_off // 8
-        self.dtype = L.dtype_from_descr_text(read_descr(buf, info))
-        self.codes = read_symbols(buf, info, info.n_symbols)
         self.ids = {code: i for i, code in enumerate(self.codes)}
         self.slots = self._slots_of(self.ids)
         self.no_records = np.empty(0, self.dtype)
@@ -123,7 +130,10 @@ def _open_mapping(name: str, kind: str) -> _Mapping | None:
         if info.state == L.STATE_SUPERSEDED:
             buf.close()
             return None
-        mapping = _Mapping(name, buf, inode, info)
+        try:
+            mapping = _Mapping(name, buf, inode, info)
+        except ValueError as exc:
+            raise LayoutMismatchError(name, str(exc)) from exc
         if mapping.dtype != L.RECORD_DTYPES[kind]:
             mapping.close()
             raise LayoutMismatchError(name, f"record dtype {mapping.dtype} is not the {kind} dtype")
@@ -345,7 +355,7 @@ class SnapshotReader:
         if m.q[offset >> 3] == 0:
             return math.inf
         # recv_ns is one aligned 8-byte word: a single load never tears.
-        recv_ns = int(np.ndarray((), "<i8", buffer=m.buf, offset=offset + 16))
+        (recv_ns,) = _INT64.unpack_from(m.buf, offset + 16)
         now = self._clock_ns() if now_ns is None else now_ns
         return (now - recv_ns) / 1e9
 

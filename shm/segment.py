@@ -22,6 +22,7 @@ import fcntl
 import mmap
 import os
 import secrets
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -100,8 +101,8 @@ def read_header(name: str, buf: mmap.mmap) -> HeaderInfo:
     """Parse and sanity-check a mapped header; raise LayoutMismatchError if it is not ours."""
     if len(buf) < L.HEADER_SIZE + L.DESCR_SIZE or buf[: len(L.MAGIC)] != L.MAGIC:
         raise LayoutMismatchError(name, "not an upfeed snapshot segment (bad magic or size)")
-    words = np.frombuffer(buf, dtype="<u8", count=L.HEADER_SIZE // 8)
-    w = [int(x) for x in words]
+    # struct, not a numpy view: a view would pin the mapping open if this raises.
+    w = struct.unpack_from(f"<{L.HEADER_SIZE // 8}Q", buf, 0)
     try:
         geometry = L.SegmentGeometry.compute(
             w[L.H_RECORD_SIZE], w[L.H_CAPACITY], w[L.H_MAX_SYMBOLS]
@@ -124,7 +125,6 @@ def read_header(name: str, buf: mmap.mmap) -> HeaderInfo:
     )
     if stored != expected or len(buf) < geometry.total_size:
         raise LayoutMismatchError(name, f"section offsets {stored} != {expected}")
-    del words
     return HeaderInfo(
         version=w[L.H_VERSION],
         kind_id=w[L.H_KIND],
@@ -194,22 +194,30 @@ def _probe_existing(name: str, path: str, kind: str, dtype: np.dtype) -> _StaleS
         if size < L.HEADER_SIZE + L.DESCR_SIZE:
             raise LayoutMismatchError(name, f"existing file is {size} bytes, not a segment")
         with mmap.mmap(fd, size, prot=mmap.PROT_READ) as buf:
-            info = read_header(name, buf)
-            compatible = (
-                info.version == L.LAYOUT_VERSION
-                and info.kind_id == L.KIND_IDS[kind]
-                and info.geometry.record_size == dtype.itemsize
-                and L.dtype_from_descr_text(read_descr(buf, info)) == dtype
-            )
-            continuation = (
-                Continuation(info.head, tuple(read_symbols(buf, info, info.n_symbols)))
-                if compatible
-                else None
-            )
+            if buf[: len(L.MAGIC)] != L.MAGIC:
+                raise LayoutMismatchError(name, "not an upfeed segment; refusing to replace it")
+            continuation = _continuation(name, buf, kind, dtype)
     except BaseException:
         os.close(fd)
         raise
     return _StaleSegment(fd, continuation)
+
+
+def _continuation(name: str, buf: mmap.mmap, kind: str, dtype: np.dtype) -> Continuation | None:
+    """Head and symbols of a stale segment of the same layout; None if it differs or is
+    damaged (it is replaced all the same, starting a fresh feed sequence)."""
+    try:
+        info = read_header(name, buf)
+        if (
+            info.version != L.LAYOUT_VERSION
+            or info.kind_id != L.KIND_IDS[kind]
+            or info.geometry.record_size != dtype.itemsize
+            or L.dtype_from_descr_text(read_descr(buf, info)) != dtype
+        ):
+            return None
+        return Continuation(info.head, tuple(read_symbols(buf, info, info.n_symbols)))
+    except (LayoutMismatchError, ValueError):
+        return None
 
 
 def _peek_pid(fd: int) -> int:

@@ -419,3 +419,20 @@ def test_dropped_writer_releases_its_segment(prefix: str) -> None:
     assert H.leftover_segments(prefix) == []
     assert reader.state == "closed" and not reader.writer_alive
     reader.close()
+
+
+def test_damaged_segment_is_refused_by_readers_and_replaced_by_writers(prefix: str) -> None:
+    first = shm.TickerWriter(prefix, CODES, capacity=8)
+    first.write_ticker(docs_ticker(), recv_ns=1)
+    path = first.path
+    first.close(unlink=False)
+    with open(path, "r+b") as damaged:
+        damaged.seek(L.H_RING_OFF * 8)
+        damaged.write((12345).to_bytes(8, "little"))
+    with pytest.raises(shm.LayoutMismatchError, match="offsets"):
+        shm.attach(prefix, "ticker", timeout=0.1)
+    with shm.TickerWriter(prefix, CODES, capacity=8) as second:
+        assert second.replaced_stale
+        assert second.head == 0, "nothing is continued from a damaged segment"
+        with shm.attach(prefix, "ticker", timeout=1) as reader:
+            assert reader.codes == tuple(CODES) and reader.latest("KRW-BTC") is None
