@@ -84,9 +84,6 @@ _CANDLE_KEYS = {
     SIMPLE: ("ty", "cd", "cdttmu", "cdttmk", "op", "hp", "lp", "tp", "catv", "catp", "tms", "st"),
 }  # fmt: skip
 
-_TICKER_TEMPLATE = {fmt: _template(keys) for fmt, keys in _TICKER_KEYS.items()}
-_BOOK_TEMPLATE = {fmt: _template(keys) for fmt, keys in _BOOK_KEYS.items()}
-_UNIT_TEMPLATE = {fmt: _template(keys) for fmt, keys in _UNIT_KEYS.items()}
 _CANDLE_TEMPLATE = {fmt: _template(keys) for fmt, keys in _CANDLE_KEYS.items()}
 
 _CACHE_LIMIT = 200_000
@@ -189,79 +186,144 @@ def encode_trade(trade: Trade, fmt: str, stream_type: str) -> bytes:
     return text.encode()
 
 
+_ticker_static: dict[tuple[str, str, tuple[int, str], tuple[int, str]], str] = {}
+
+
+def _ticker_tail(code: str, fmt: str, high: tuple[int, str], low: tuple[int, str]) -> str:
+    """The 52-week and market-state fields, which change rarely: built once per value."""
+    key = (code, fmt, high, low)
+    text = _ticker_static.get(key)
+    if text is None:
+        if len(_ticker_static) > 10_000:
+            _ticker_static.clear()
+        if fmt == DEFAULT:
+            text = (
+                f'"highest_52_week_price":{fixed(high[0])},"highest_52_week_date":"{high[1]}",'
+                f'"lowest_52_week_price":{fixed(low[0])},"lowest_52_week_date":"{low[1]}",'
+                '"market_state":"ACTIVE","is_trading_suspended":false,"delisting_date":null,'
+                '"market_warning":"NONE",'
+            )
+        else:
+            text = (
+                f'"h52wp":{fixed(high[0])},"h52wdt":"{high[1]}",'
+                f'"l52wp":{fixed(low[0])},"l52wdt":"{low[1]}",'
+                '"ms":"ACTIVE","its":false,"dd":null,"mw":"NONE",'
+            )
+        _ticker_static[key] = text
+    return text
+
+
 def encode_ticker(state: MarketState, fmt: str, stream_type: str) -> bytes:
     trade = state.last_trade
     if trade is None:
         raise ValueError(f"{state.code} has no trade yet; a ticker needs one")
     prev = state.prev_closing_price
-    signed = trade.price - prev
-    rate = change_rate(trade.price, prev)
-    seconds = trade.trade_timestamp // 1000
-    return (
-        _TICKER_TEMPLATE[fmt]
-        .format(
-            '"ticker"',
-            f'"{state.code}"',
-            plain(state.opening_price),
-            plain(state.high_price),
-            plain(state.low_price),
-            plain(trade.price),
-            fixed(prev),
-            fixed_uncached(state.acc_trade_price, 16, 16),
-            f'"{change_of(trade.price, prev)}"',
-            fixed(abs(signed)),
-            fixed(signed),
-            fixed_uncached(rate, 10, 10),
-            fixed_uncached(rate if signed >= 0 else -rate, 10, 10),
-            f'"{trade.ask_bid}"',
-            plain(trade.volume),
-            plain(state.acc_trade_volume),
-            f'"{_clock_text(seconds, "%Y%m%d")}"',
-            f'"{_clock_text(seconds, "%H%M%S")}"',
-            trade.trade_timestamp,
-            plain(state.acc_ask_volume),
-            plain(state.acc_bid_volume),
-            fixed(state.high_52w[0]),
-            f'"{state.high_52w[1]}"',
-            fixed(state.low_52w[0]),
-            f'"{state.low_52w[1]}"',
-            '"ACTIVE"',
-            "false",
-            "null",
-            '"NONE"',
-            trade.timestamp,
-            fixed_uncached(state.acc_trade_price + state.base_24h_price, 16, 16),
-            fixed(state.acc_trade_volume + state.base_24h_volume),
-            f'"{stream_type}"',
+    price = trade.price
+    signed = price - prev
+    rate = change_rate(price, prev)
+    change = "RISE" if signed > 0 else ("FALL" if signed < 0 else "EVEN")
+    date, clock = _ticker_clock_text(trade.trade_timestamp // 1000)
+    acc_price = fixed_uncached(state.acc_trade_price, 16, 16)
+    acc_price_24h = fixed_uncached(state.acc_trade_price + state.base_24h_price, 16, 16)
+    rate_text = fixed_uncached(rate, 10, 10)
+    signed_rate = rate_text if signed >= 0 else "-" + rate_text
+    volume_24h = fixed_uncached(state.acc_trade_volume + state.base_24h_volume)
+    tail = _ticker_tail(state.code, fmt, state.high_52w, state.low_52w)
+    if fmt == DEFAULT:
+        text = (
+            f'{{"type":"ticker","code":"{state.code}",'
+            f'"opening_price":{plain(state.opening_price)},"high_price":{plain(state.high_price)},'
+            f'"low_price":{plain(state.low_price)},"trade_price":{plain(price)},'
+            f'"prev_closing_price":{fixed(prev)},"acc_trade_price":{acc_price},'
+            f'"change":"{change}","change_price":{fixed(abs(signed))},'
+            f'"signed_change_price":{fixed(signed)},"change_rate":{rate_text},'
+            f'"signed_change_rate":{signed_rate},"ask_bid":"{trade.ask_bid}",'
+            f'"trade_volume":{plain(trade.volume)},'
+            f'"acc_trade_volume":{plain_uncached(state.acc_trade_volume)},'
+            f'"trade_date":"{date}","trade_time":"{clock}",'
+            f'"trade_timestamp":{trade.trade_timestamp},'
+            f'"acc_ask_volume":{plain_uncached(state.acc_ask_volume)},'
+            f'"acc_bid_volume":{plain_uncached(state.acc_bid_volume)},{tail}'
+            f'"timestamp":{trade.timestamp},"acc_trade_price_24h":{acc_price_24h},'
+            f'"acc_trade_volume_24h":{volume_24h},'
+            f'"stream_type":"{stream_type}"}}'
         )
-        .encode()
-    )
+    else:
+        text = (
+            f'{{"ty":"ticker","cd":"{state.code}",'
+            f'"op":{plain(state.opening_price)},"hp":{plain(state.high_price)},'
+            f'"lp":{plain(state.low_price)},"tp":{plain(price)},"pcp":{fixed(prev)},'
+            f'"atp":{acc_price},"c":"{change}","cp":{fixed(abs(signed))},'
+            f'"scp":{fixed(signed)},"cr":{rate_text},"scr":{signed_rate},'
+            f'"ab":"{trade.ask_bid}","tv":{plain(trade.volume)},'
+            f'"atv":{plain_uncached(state.acc_trade_volume)},"tdt":"{date}","ttm":"{clock}",'
+            f'"ttms":{trade.trade_timestamp},"aav":{plain_uncached(state.acc_ask_volume)},'
+            f'"abv":{plain_uncached(state.acc_bid_volume)},{tail}'
+            f'"tms":{trade.timestamp},"atp24h":{acc_price_24h},'
+            f'"atv24h":{volume_24h},'
+            f'"st":"{stream_type}"}}'
+        )
+    return text.encode()
+
+
+_ticker_clock: dict[int, tuple[str, str]] = {}
+
+
+def _ticker_clock_text(seconds: int) -> tuple[str, str]:
+    texts = _ticker_clock.get(seconds)
+    if texts is None:
+        if len(_ticker_clock) > 4096:
+            _ticker_clock.clear()
+        texts = _ticker_clock[seconds] = (
+            _clock_text(seconds, "%Y%m%d"),
+            _clock_text(seconds, "%H%M%S"),
+        )
+    return texts
+
+
+_unit_cache: dict[tuple[bool, int, int, int, int], str] = {}
 
 
 def encode_orderbook(
     state: MarketState, book: BookView, fmt: str, stream_type: str, timestamp: int
 ) -> bytes:
-    unit_template = _UNIT_TEMPLATE[fmt]
-    size = fixed if fmt == DEFAULT else java
-    total = fixed if fmt == DEFAULT else plain
-    units = ",".join(
-        unit_template.format(java(ask), java(bid), size(ask_size), size(bid_size))
-        for ask, bid, ask_size, bid_size in book.units
-    )
-    return (
-        _BOOK_TEMPLATE[fmt]
-        .format(
-            '"orderbook"',
-            f'"{state.code}"',
-            timestamp,
-            total(book.total_ask),
-            total(book.total_bid),
-            f"[{units}]",
-            f'"{stream_type}"',
-            plain(book.level),
+    default = fmt == DEFAULT
+    size = fixed if default else java
+    cache = _unit_cache
+    if len(cache) > _CACHE_LIMIT:
+        cache.clear()
+    parts = []
+    for ask, bid, ask_size, bid_size in book.units:
+        key = (default, ask, bid, ask_size, bid_size)
+        text = cache.get(key)
+        if text is None:
+            if default:
+                text = (
+                    f'{{"ask_price":{java(ask)},"bid_price":{java(bid)},'
+                    f'"ask_size":{size(ask_size)},"bid_size":{size(bid_size)}}}'
+                )
+            else:
+                text = (
+                    f'{{"ap":{java(ask)},"bp":{java(bid)},'
+                    f'"as":{size(ask_size)},"bs":{size(bid_size)}}}'
+                )
+            cache[key] = text
+        parts.append(text)
+    units = ",".join(parts)
+    if default:
+        text = (
+            f'{{"type":"orderbook","code":"{state.code}","timestamp":{timestamp},'
+            f'"total_ask_size":{fixed(book.total_ask)},"total_bid_size":{fixed(book.total_bid)},'
+            f'"orderbook_units":[{units}],"stream_type":"{stream_type}",'
+            f'"level":{plain(book.level)}}}'
         )
-        .encode()
-    )
+    else:
+        text = (
+            f'{{"ty":"orderbook","cd":"{state.code}","tms":{timestamp},'
+            f'"tas":{plain(book.total_ask)},"tbs":{plain(book.total_bid)},'
+            f'"obu":[{units}],"st":"{stream_type}","lv":{plain(book.level)}}}'
+        )
+    return text.encode()
 
 
 def encode_candle(code: str, candle: Candle, fmt: str, stream_type: str) -> bytes:

@@ -176,9 +176,30 @@ def test_request_grammar_details():
 
 
 @pytest.mark.parametrize("fmt", ["DEFAULT", "SIMPLE"])
-def test_trade_field_order_is_the_documented_one(fmt):
-    from simulator.encode import _TRADE_KEYS
+def test_field_order_is_the_documented_one(fmt):
+    from simulator.encode import _BOOK_KEYS, _TICKER_KEYS, _TRADE_KEYS, _UNIT_KEYS
 
     gen = MarketGenerator(market_list(3), seed=1, now_ms=NOW)
-    message = decode(encode_trade(gen.step(NOW), fmt, "REALTIME"))
-    assert tuple(message) == _TRADE_KEYS[fmt]
+    trade = gen.step(NOW)
+    state = gen.states[trade.code]
+    assert tuple(decode(encode_trade(trade, fmt, "REALTIME"))) == _TRADE_KEYS[fmt]
+    assert tuple(decode(encode_ticker(state, fmt, "REALTIME"))) == _TICKER_KEYS[fmt]
+    book = decode(encode_orderbook(state, state.book(5), fmt, "REALTIME", NOW))
+    assert tuple(book) == _BOOK_KEYS[fmt]
+    units = book["orderbook_units" if fmt == "DEFAULT" else "obu"]
+    assert tuple(units[0]) == _UNIT_KEYS[fmt]
+
+
+def test_ticker_changes_sign_with_the_previous_close():
+    gen = MarketGenerator(market_list(3), seed=4, now_ms=NOW)
+    seen = set()
+    for i in range(3000):
+        state = gen.states[gen.step(NOW + i).code]
+        ticker = decode(encode_ticker(state, "DEFAULT", "REALTIME"))
+        diff = ticker["trade_price"] - ticker["prev_closing_price"]
+        assert ticker["signed_change_price"] == diff
+        assert ticker["change_price"] == abs(diff)
+        assert (ticker["signed_change_rate"] < 0) == (diff < 0)
+        assert ticker["change"] == ("RISE" if diff > 0 else "FALL" if diff < 0 else "EVEN")
+        seen.add(ticker["change"])
+    assert {"RISE", "FALL"} <= seen
