@@ -258,17 +258,22 @@ def _paced(rate: float, seconds: float, emit: Callable[[int], None]) -> int:
         sent += 1
 
 
-def shm_writer_process(prefix: str, rate: float, seconds: float, ready: Any, go: Any) -> None:
+def shm_writer_process(
+    prefix: str, rate: float, seconds: float, ready: Any, go: Any, results: Any
+) -> None:
     with shm.TickerWriter(prefix, CODES, capacity=65536) as writer:
         msg = sample_ticker()
+        write_ns: list[int] = []
         ready.set()
         go.wait(30)
 
         def emit(origin_ns: int) -> None:
             msg.sim_ns = origin_ns
             writer.write_ticker(msg, origin_ns)
+            write_ns.append(time.perf_counter_ns() - origin_ns)
 
         _paced(rate, seconds, emit)
+        results.put(("writer", write_ns))
         # Keep the segment until the reader has drained it.
         go.clear()
         go.wait(30)
@@ -293,7 +298,7 @@ def shm_reader_process(prefix: str, seconds: float, ready: Any, results: Any) ->
         records, cursor, _ = reader.since(cursor)
         latencies.extend((now - records["origin_ns"]).tolist())
     reader.close()
-    results.put(latencies)
+    results.put(("reader", latencies))
 
 
 def queue_writer_process(channel: Any, rate: float, seconds: float, go: Any) -> None:
@@ -314,7 +319,7 @@ def visibility(rate: float, seconds: float) -> dict[str, Any]:
     results = context.Queue()
     writer_ready, reader_ready, go = context.Event(), context.Event(), context.Event()
     writer = context.Process(
-        target=shm_writer_process, args=(prefix, rate, seconds, writer_ready, go)
+        target=shm_writer_process, args=(prefix, rate, seconds, writer_ready, go, results)
     )
     writer.start()
     writer_ready.wait(30)
@@ -325,7 +330,7 @@ def visibility(rate: float, seconds: float) -> dict[str, Any]:
     reader_ready.wait(30)
     go.set()
     try:
-        shm_latencies = results.get(timeout=seconds + 30)
+        reports = dict(results.get(timeout=seconds + 30) for _ in range(2))
     finally:
         go.set()
         for process in (reader, writer):
@@ -358,7 +363,9 @@ def visibility(rate: float, seconds: float) -> dict[str, Any]:
         "rate_per_s": rate,
         "seconds": seconds,
         "reader": "spins on the head (wait_for_head, poll_interval=0), then since()",
-        "shm": _percentiles(shm_latencies),
+        "shm": _percentiles(reports["reader"]),
+        # The figure above starts before write_ticker; this is the write call's share.
+        "shm_write_call": _percentiles(reports["writer"]),
         "baseline_mp_queue_pickle": _percentiles(queue_latencies),
     }
 
