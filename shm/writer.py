@@ -214,8 +214,9 @@ class SnapshotWriter:
 
     def heartbeat(self, now_ns: int | None = None) -> None:
         """Record that the writer is alive (readers treat an old heartbeat as a dead writer)."""
-        self._require_open()
-        self._q[L.H_HEARTBEAT_NS] = self._clock_ns() if now_ns is None else now_ns
+        with self._lock:
+            self._require_open()
+            self._q[L.H_HEARTBEAT_NS] = self._clock_ns() if now_ns is None else now_ns
 
     def close(self, unlink: bool = True) -> None:
         """Mark the segment closed and unlink it (if it is still ours); idempotent.
@@ -243,8 +244,8 @@ class SnapshotWriter:
         return self._segment
 
     def _abandon(self, slot: int) -> None:
-        # The slot's previous record is gone; seq 0 makes readers count it as overrun.
-        # The next message reuses the slot, since head did not advance.
+        # A write that failed half-way: the slot's previous record is gone, and seq 0 makes
+        # readers count it as overrun. The next message reuses the slot (head is unmoved).
         self._q[slot >> 3] = 0
         self._slots = self._slot_cycle(self._head)
 
@@ -316,6 +317,9 @@ class TickerWriter(SnapshotWriter):
                 self._write_ticker_with_gaps(
                     msg, slot=slot, feed_seq=feed_seq, recv_ns=recv_ns, symbol=symbol
                 )
+            except BaseException:
+                self._abandon(slot)
+                raise
             q[slot >> 3] = odd + 1
             # Publish: the symbol's latest slot (its own seqlock), its index entry, then head.
             q[latest_word] = odd
@@ -415,6 +419,9 @@ class OrderbookWriter(SnapshotWriter):
                 self._write_orderbook_with_gaps(
                     msg, units, slot=slot, feed_seq=feed_seq, recv_ns=recv_ns, symbol=symbol
                 )
+            except BaseException:
+                self._abandon(slot)
+                raise
             q[slot >> 3] = odd + 1
             q[latest_word] = odd
             buf[latest_start:latest_end] = buf[slot + 8 : slot + size]

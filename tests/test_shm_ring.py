@@ -436,3 +436,20 @@ def test_damaged_segment_is_refused_by_readers_and_replaced_by_writers(prefix: s
         assert second.head == 0, "nothing is continued from a damaged segment"
         with shm.attach(prefix, "ticker", timeout=1) as reader:
             assert reader.codes == tuple(CODES) and reader.latest("KRW-BTC") is None
+
+
+def test_message_missing_a_field_leaves_the_ring_consistent(prefix: str) -> None:
+    class Partial:
+        code = "KRW-BTC"
+
+    with shm.TickerWriter(prefix, CODES, capacity=4) as writer:
+        reader = shm.attach(prefix, "ticker", timeout=1)
+        for k in range(5):
+            writer.write_ticker(H.make_ticker("KRW-ETH", k, 1), recv_ns=k)
+        with pytest.raises(AttributeError):
+            writer.write_ticker(Partial(), recv_ns=9)
+        assert writer.write_ticker(H.make_ticker("KRW-BTC", 5, 0), recv_ns=10) == 6
+        records, cursor, overrun = reader.since(0)
+        assert list(records["feed_seq"]) == [3, 4, 5, 6] and cursor == 6 and overrun == 2
+        assert H.bad_tickers(records) == 0
+        reader.close()
