@@ -11,6 +11,10 @@ counter. It shows the receiver's ceiling: when the simulator's figure is close t
 the simulator is not what limits the measurement.
 
     python -m bench.simulator_burst [--frames N] [--runs R] [--types trade,ticker,orderbook]
+                                    [--paced-rate EVENTS_PER_S]
+
+Also measures paced mode once: a simulator at ``--paced-rate`` events/s over 20
+markets, the receiver subscribed to every trade; reports the frames/s delivered.
 
 Prints one JSON object (best run of each; all runs listed).
 """
@@ -198,6 +202,48 @@ def simulator_run(urls: dict[str, str], types: list[str], frames: int) -> dict[s
     return {"frames": got, "bytes": nbytes, "seconds": seconds, "simulator": reported}
 
 
+def _start_simulator(rate: float, markets: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simulator",
+            "serve",
+            "--rate",
+            str(rate),
+            "--markets",
+            str(markets),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    return process, json.loads(process.stdout.readline())
+
+
+def paced_run(rate: float, seconds: float = 2.0) -> dict[str, Any]:
+    """Frames per second delivered by paced mode (trades of 20 markets) at ``rate`` events/s."""
+    process, urls = _start_simulator(rate, 20)
+    try:
+        codes = ControlClient(urls["control_url"]).status()["markets"]
+        sock = ws_connect(urls["public_url"])
+        try:
+            request = [{"ticket": "paced"}, {"type": "trade", "codes": codes}]
+            sock.sendall(masked_text(json.dumps(request).encode()))
+            count_frames(sock, max(int(rate / 2), 1))
+            frames, nbytes, elapsed = count_frames(sock, max(int(rate * seconds), 1))
+        finally:
+            sock.close()
+    finally:
+        process.terminate()
+        process.wait(10)
+    return {
+        "target_events_per_s": rate,
+        "frames_per_s": round(frames / elapsed),
+        "MB_per_s": round(nbytes / elapsed / 1e6, 1),
+    }
+
+
 def _rate(run: dict[str, Any]) -> float:
     return run["frames"] / run["seconds"]
 
@@ -207,16 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--types", default="trade")
+    parser.add_argument("--paced-rate", type=float, default=60_000.0, help="0 skips it")
     args = parser.parse_args(argv)
     types = [t for t in args.types.split(",") if t]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "simulator", "serve", "--rate", "0", "--markets", "4"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    process, urls = _start_simulator(0, 4)
     try:
-        assert process.stdout is not None
-        urls = json.loads(process.stdout.readline())
         sim_runs, base_runs = [], []
         for _ in range(args.runs):
             base_runs.append(baseline_run(types, args.frames))
@@ -243,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                 round(r["simulator"].get("seconds", 0.0), 4) for r in sim_runs
             ],
         },
+        "paced": paced_run(args.paced_rate) if args.paced_rate > 0 else None,
         "machine": {
             "python": platform.python_version(),
             "cpus": os.cpu_count(),

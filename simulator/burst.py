@@ -110,7 +110,7 @@ async def run_burst(
     sent = 0
     written = 0
     for client, (pool, ends, slots) in pools.items():
-        buffer = bytearray(pool)
+        buffer = bytearray(pool) if slots else bytearray()
         remaining = count
         conn = client.conn
         while remaining > 0:
@@ -125,7 +125,10 @@ async def run_burst(
                     if slot >= size:
                         break
                     buffer[slot : slot + _STAMP_DIGITS] = digits
-            transport.write(bytes(buffer[:size]))
+                # A copy: the transport may keep it while the next pass is stamped.
+                transport.write(bytes(buffer[:size]))
+            else:
+                transport.write(pool if size == len(pool) else pool[:size])
             client.last_tx = exchange.monotonic()
             remaining -= frames
             sent += frames
