@@ -147,7 +147,11 @@ def _open_mapping(name: str, kind: str) -> _Mapping | None:
 
 
 class SnapshotReader:
-    """Reads one segment (``<prefix>.ticker`` or ``<prefix>.orderbook``); see :func:`attach`."""
+    """Reads one segment (``<prefix>.ticker`` or ``<prefix>.orderbook``); see :func:`attach`.
+
+    One reader object serves one thread (it swaps its mapping when the writer is
+    replaced); threads that read concurrently each attach their own reader.
+    """
 
     def __init__(
         self,
@@ -252,9 +256,8 @@ class SnapshotReader:
             data = buf[start:end]
             if q[word] == seq:
                 return _frombuffer(data, m.dtype)[0]
-        offset = start
-        data = self._copy_slow(m, offset, code)
-        return None if data is None else np.frombuffer(data, m.dtype)[0]
+        data = self._copy_slow(m, start, code)
+        return None if data is None else _frombuffer(data, m.dtype)[0]
 
     def latest_many(self, codes: Iterable[str]) -> np.ndarray:
         """Newest records of several codes as one structured array, in the given order.
@@ -289,9 +292,10 @@ class SnapshotReader:
         """Records after ``cursor`` (a feed_seq), the new cursor, and how many were lost.
 
         Start with ``cursor=0`` for everything still in the ring, or ``reader.head`` for
-        only what comes next. ``overrun`` counts the records after ``cursor`` that the
-        ring no longer held (overwritten before this call could copy them). If a new
-        writer restarted the feed sequence below ``cursor``, reading restarts at 0.
+        only what comes next. The records are a writable copy in feed order. ``overrun``
+        counts the records after ``cursor`` that the ring no longer held (overwritten
+        before this call could copy them). If a new writer restarted the feed sequence
+        below ``cursor``, reading restarts at 0.
         """
         if cursor < 0:
             raise ValueError(f"cursor must be >= 0, got {cursor}")
