@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 
 SHM_TYPES = ("ticker", "orderbook")
 MAX_DRAIN = 1000
+# A drain also ends after this long, so a slow hook cannot starve lease renewal, the
+# timer or the shm rings.
+MAX_DRAIN_SECONDS = 0.05
 DECODE_ERROR_LOG_EVERY = 1000
 
 
@@ -252,6 +255,7 @@ class Worker:
         handled = 0
         sub = self._sub
         if sub is not None and sub.poll(timeout_ms, zmq.POLLIN):
+            drain_until = self._clock() + MAX_DRAIN_SECONDS
             for _ in range(MAX_DRAIN):
                 try:
                     frame = sub.recv(zmq.NOBLOCK, copy=True)
@@ -259,6 +263,8 @@ class Worker:
                     break
                 self.handle_frame(frame)
                 handled += 1
+                if not handled % 16 and self._clock() >= drain_until:
+                    break
         for kind, reader in self._readers.items():
             handled += self._poll_shm(kind, reader)
         return handled
