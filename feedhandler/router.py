@@ -87,9 +87,14 @@ class Router:
             (ErrorMessage, self._on_error),
         )
         self._handlers: dict[type, Callable[[str, Any, int], None]] = {}
+        #: Called with (connection, frame, recv_ns) before each frame is decoded, e.g. by
+        #: the recorder; None costs one attribute check per frame.
+        self.tap: Callable[[str, bytes | memoryview, int], None] | None = None
 
     def route(self, connection: str, decoder: HotDecoder, frame: bytes, recv_ns: int) -> None:
         """Decode and dispatch one frame. Raises UpstreamError on an exchange error frame."""
+        if self.tap is not None:
+            self.tap(connection, frame, recv_ns)
         try:
             msg = decoder.decode(frame)
             handler = self._handlers.get(type(msg))
