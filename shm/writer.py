@@ -53,6 +53,14 @@ _MARKET_STATE = L.MARKET_STATE.get
 _MARKET_WARNING = L.MARKET_WARNING.get
 _STREAM_TYPE = L.STREAM_TYPE.get
 _SUSPENDED = L.TRADING_SUSPENDED.get
+# Subscript versions for the fast path (a subscript is cheaper than a .get call); a value
+# outside the map raises KeyError and the message takes the slow path, which stores 0.
+_CHANGE_OF = {**L.CHANGE, None: 0}
+_ASK_BID_OF = {**L.ASK_BID, None: 0}
+_MARKET_STATE_OF = {**L.MARKET_STATE, None: 0}
+_MARKET_WARNING_OF = {**L.MARKET_WARNING, None: 0}
+_STREAM_TYPE_OF = {**L.STREAM_TYPE, None: 0}
+_SUSPENDED_OF = dict(L.TRADING_SUSPENDED)
 _UNIT_VALUES = operator.attrgetter(*L.LEVEL_FIELDS)
 _flatten = itertools.chain.from_iterable
 _pack_ticker = L.TICKER_STRUCT.pack_into
@@ -287,12 +295,12 @@ class TickerWriter(SnapshotWriter):
                     getattr(msg, "sim_ns", 0),
                     msg.timestamp,
                     symbol,
-                    _CHANGE(msg.change, 0),
-                    _ASK_BID(msg.ask_bid, 0),
-                    _MARKET_STATE(msg.market_state, 0),
-                    _MARKET_WARNING(msg.market_warning, 0),
-                    _SUSPENDED(msg.is_trading_suspended, -1),
-                    _STREAM_TYPE(msg.stream_type, 0),
+                    _CHANGE_OF[msg.change],
+                    _ASK_BID_OF[msg.ask_bid],
+                    _MARKET_STATE_OF[msg.market_state],
+                    _MARKET_WARNING_OF[msg.market_warning],
+                    _SUSPENDED_OF[msg.is_trading_suspended],
+                    _STREAM_TYPE_OF[msg.stream_type],
                     msg.trade_timestamp,
                     msg.opening_price,
                     msg.high_price,
@@ -313,7 +321,7 @@ class TickerWriter(SnapshotWriter):
                     msg.highest_52_week_price,
                     msg.lowest_52_week_price,
                 )
-            except struct.error:
+            except (struct.error, KeyError):
                 self._write_ticker_with_gaps(
                     msg, slot=slot, feed_seq=feed_seq, recv_ns=recv_ns, symbol=symbol
                 )
@@ -333,7 +341,7 @@ class TickerWriter(SnapshotWriter):
     def _write_ticker_with_gaps(
         self, msg: Any, *, slot: int, feed_seq: int, recv_ns: int, symbol: int
     ) -> None:
-        """Slow path for messages with absent (None) fields."""
+        """Slow path for messages with absent (None) fields or unknown enum strings."""
         try:
             L.TICKER_STRUCT.pack_into(
                 self._buf,
@@ -409,13 +417,13 @@ class OrderbookWriter(SnapshotWriter):
                     msg.timestamp,
                     symbol,
                     n_levels,
-                    _STREAM_TYPE(msg.stream_type, 0),
+                    _STREAM_TYPE_OF[msg.stream_type],
                     msg.total_ask_size,
                     msg.total_bid_size,
                     _NAN if level is None else level,
                     *values,
                 )
-            except struct.error:
+            except (struct.error, KeyError):
                 self._write_orderbook_with_gaps(
                     msg, units, slot=slot, feed_seq=feed_seq, recv_ns=recv_ns, symbol=symbol
                 )
@@ -441,7 +449,7 @@ class OrderbookWriter(SnapshotWriter):
         recv_ns: int,
         symbol: int,
     ) -> None:
-        """Slow path for messages with absent (None) fields."""
+        """Slow path for messages with absent (None) fields or unknown enum strings."""
         try:
             L.ORDERBOOK_STRUCTS[len(units)].pack_into(
                 self._buf,
