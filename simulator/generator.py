@@ -120,6 +120,7 @@ class MarketState:
         "opening_price",
         "prev_closing_price",
         "previous_candles",
+        "reserved_sid",
         "sids",
         "trades",
         "volume_table",
@@ -147,6 +148,7 @@ class MarketState:
         self.book_timestamp = 0
         self.last_trade: Trade | None = None
         self.last_n = 0
+        self.reserved_sid = 0
         self.candles: dict[str, Candle] = {}
         self.previous_candles: dict[str, Candle] = {}
         self.trades: deque[Trade] = deque(maxlen=trade_history)
@@ -348,7 +350,10 @@ class MarketGenerator:
             state.acc_ask_volume += volume
         last = state.last_trade
         trade_ts = now_ms - int(random() * 20)
-        if last is not None and trade_ts <= last.trade_timestamp:
+        if trade_ts * SID_FACTOR <= state.reserved_sid:
+            trade_ts = state.reserved_sid // SID_FACTOR + 1
+            n = int(random() * 3)
+        elif last is not None and trade_ts <= last.trade_timestamp:
             trade_ts = last.trade_timestamp
             n = state.last_n + 1
             if n >= SID_FACTOR:
@@ -432,6 +437,11 @@ class MarketGenerator:
             candle.volume += trade.volume
             candle.acc_price += value
             candle.timestamp = trade.timestamp
+
+    def reserve_sids(self, code: str, up_to: int) -> None:
+        """Never hand out a ``sequential_id`` <= ``up_to`` in ``code`` (used by burst mode)."""
+        state = self.states[code]
+        state.reserved_sid = max(state.reserved_sid, up_to)
 
     def trades_before(self, code: str, cursor: int | None, count: int) -> list[Trade]:
         """Up to ``count`` trades of ``code``, newest first, older than trade ``cursor``.

@@ -28,6 +28,7 @@ def test_burst_sends_count_frames_of_the_subscription(fmt):
             )
             caller.start()
             kinds: dict[tuple[str, str], int] = {}
+            sids: dict[str, list[int]] = {}
             for _ in range(20_000):
                 _, payload = ws.recv_data()
                 message = json.loads(payload)
@@ -38,6 +39,9 @@ def test_burst_sends_count_frames_of_the_subscription(fmt):
                     key = (message["type"], message["code"])
                 assert isinstance(message["sim_ns"], int)
                 kinds[key] = kinds.get(key, 0) + 1
+                sid = message.get("sequential_id", message.get("sid"))
+                if sid is not None:
+                    sids.setdefault(key[1], []).append(sid)
             caller.join(10)
             assert result["sent"] == 20_000
             assert set(kinds) == {
@@ -46,6 +50,10 @@ def test_burst_sends_count_frames_of_the_subscription(fmt):
                 ("orderbook", "KRW-BTC"),
             }
             assert collect_for(ws, 0.3) == []
+            # 20 000 frames are more than one pool pass: the copies got fresh ids
+            # (sequential_id is unique per market).
+            for code_sids in sids.values():
+                assert len(code_sids) == len(set(code_sids)) > 8192 // 3
             journal = sim.control.journal(codes=["KRW-BTC"])
             (record,) = journal["connections"]
             generated = journal["generated"]["KRW-BTC"]
@@ -63,3 +71,22 @@ def test_burst_rejects_bad_arguments():
             sim.control.burst(10, types=["candle.1s"])
         assert caught.value.status == 400
         assert sim.control.burst(10)["sent"] == 0
+
+
+def test_trades_after_a_burst_never_reuse_its_ids():
+    with Simulator(markets=2, rate=0.0) as sim:
+        ws = connect(sim.public_url, timeout=10)
+        try:
+            ws.send(request({"type": "trade", "codes": ["KRW-BTC"]}))
+            collect(ws, lambda m: len(m) >= 1)
+            caller = threading.Thread(target=lambda: sim.control.burst(30_000), daemon=True)
+            caller.start()
+            burst_sids = {json.loads(ws.recv_data()[1])["sequential_id"] for _ in range(30_000)}
+            caller.join(10)
+            assert len(burst_sids) == 30_000
+            sim.control.set_rate(300)
+            later = collect(ws, lambda m: len(m) >= 20)
+            assert not {m["sequential_id"] for m in later} & burst_sids
+            assert min(m["sequential_id"] for m in later) > max(burst_sids)
+        finally:
+            ws.close()
