@@ -41,7 +41,7 @@ from shm.layout import (
     TRADING_SUSPENDED,
 )
 from shm.reader import SnapshotReader, attach
-from shm.segment import SHM_DIR, segment_name, segment_path
+from shm.segment import SHM_DIR, describe, segment_name, segment_path
 from shm.writer import OrderbookWriter, SnapshotWriter, TickerWriter, create_writer
 
 __all__ = [
@@ -71,6 +71,7 @@ __all__ = [
     "UnknownSymbolError",
     "attach",
     "create_writer",
+    "describe",
     "segment_name",
     "segment_path",
 ]

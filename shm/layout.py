@@ -46,6 +46,11 @@ KIND_IDS: Final[dict[str, int]] = {KIND_TICKER: 1, KIND_ORDERBOOK: 2}
 STATE_LIVE: Final = 1
 STATE_CLOSED: Final = 2
 STATE_SUPERSEDED: Final = 3
+STATE_NAMES: Final[dict[int, str]] = {
+    STATE_LIVE: "live",
+    STATE_CLOSED: "closed",
+    STATE_SUPERSEDED: "superseded",
+}
 
 CHANGE: Final[dict[str, int]] = {"RISE": 1, "EVEN": 2, "FALL": 3}
 ASK_BID: Final[dict[str, int]] = {"ASK": 1, "BID": 2}

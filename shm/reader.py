@@ -52,7 +52,6 @@ _HEAD = L.H_HEAD
 _frombuffer = np.frombuffer
 _INT64 = struct.Struct("<q")
 _FOLLOW_CHECK_NS = 1_000_000
-_STATE_NAMES = {L.STATE_LIVE: "live", L.STATE_CLOSED: "closed", L.STATE_SUPERSEDED: "superseded"}
 
 
 class _Mapping:
@@ -209,7 +208,7 @@ class SnapshotReader:
     @property
     def state(self) -> str:
         """ "live", "closed" (writer exited cleanly) or "superseded" (replaced)."""
-        return _STATE_NAMES.get(self._live().q[L.H_STATE], "unknown")
+        return L.STATE_NAMES.get(self._live().q[L.H_STATE], "unknown")
 
     @property
     def writer_alive(self) -> bool:

@@ -446,3 +446,39 @@ def current_inode(path: str) -> int | None:
         return os.stat(path).st_ino
     except FileNotFoundError:
         return None
+
+
+def describe(prefix: str, kind: str) -> dict[str, object] | None:
+    """Header facts of ``<prefix>.<kind>`` for status pages; None if it does not exist.
+
+    Reads the header only (no records) from a read-only mapping that is closed again.
+    """
+    name = segment_name(prefix, kind)
+    opened = open_readonly(segment_path(name))
+    if opened is None:
+        return None
+    buf, inode = opened
+    try:
+        info = read_header(name, buf)
+        codes = read_symbols(buf, info, info.n_symbols)
+    finally:
+        buf.close()
+    return {
+        "name": name,
+        "path": segment_path(name),
+        "kind": kind,
+        "layout_version": info.version,
+        "state": L.STATE_NAMES.get(info.state, "unknown"),
+        "generation": info.generation,
+        "writer_pid": info.writer_pid,
+        "writer_running": process_start_ticks(info.writer_pid) == info.writer_start_ticks,
+        "heartbeat_ns": info.heartbeat_ns,
+        "created_ns": info.created_ns,
+        "head": info.head,
+        "capacity": info.geometry.capacity,
+        "record_size": info.geometry.record_size,
+        "max_symbols": info.geometry.max_symbols,
+        "codes": codes,
+        "size_bytes": info.geometry.total_size,
+        "inode": inode,
+    }

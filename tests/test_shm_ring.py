@@ -453,3 +453,20 @@ def test_message_missing_a_field_leaves_the_ring_consistent(prefix: str) -> None
         assert list(records["feed_seq"]) == [3, 4, 5, 6] and cursor == 6 and overrun == 2
         assert H.bad_tickers(records) == 0
         reader.close()
+
+
+def test_describe_reports_the_header(prefix: str) -> None:
+    assert shm.describe(prefix, "ticker") is None
+    with shm.OrderbookWriter(prefix, CODES, capacity=16) as writer:
+        writer.write_orderbook(H.make_orderbook("KRW-ETH", 3, 5), recv_ns=1)
+        info = shm.describe(prefix, "orderbook")
+        assert info is not None
+        assert info["name"] == f"{prefix}.orderbook" and info["state"] == "live"
+        assert info["writer_pid"] == os.getpid() and info["writer_running"] is True
+        assert info["head"] == 1 and info["capacity"] == 16
+        assert info["record_size"] == shm.ORDERBOOK_DTYPE.itemsize
+        assert info["codes"] == CODES and info["generation"] == writer.generation
+        writer.close(unlink=False)
+        closed = shm.describe(prefix, "orderbook")
+        assert closed is not None and closed["state"] == "closed"
+    os.unlink(shm.segment_path(f"{prefix}.orderbook"))
