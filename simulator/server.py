@@ -506,12 +506,14 @@ class Exchange:
     def _dispatch(self, trade: Trade) -> None:
         code = trade.code
         index = self.index
-        if self.reorder_left > 0 or self.duplicate_left > 0 or self.held_trades:
-            trades = self._faulted_trades(trade)
-        else:
-            trades = (trade,)
         subscribers = index.get(("trade", code))
         if subscribers:
+            # Faults apply to trades somebody receives, so a count is never used up
+            # by markets nobody subscribed to.
+            if self.reorder_left > 0 or self.duplicate_left > 0 or self.held_trades:
+                trades = self._faulted_trades(trade)
+            else:
+                trades = (trade,)
             for item in trades:
                 cache: dict[str, bytes] = {}
                 for client in subscribers:
