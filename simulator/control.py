@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.error
 import urllib.request
@@ -96,6 +97,17 @@ class ControlClient:
 
     def cancel_order(self, uuid: str) -> None:
         self.post("cancel_order", uuid=uuid)
+
+    def error(self, name: str, connection: int | str = "all") -> list[int]:
+        """Send the error frame ``name`` and close, as after a rejected request."""
+        return list(self.post("error", name=name, connection=connection)["sent"])
+
+    def inject(
+        self, payloads: list[bytes], connection: int | str = "all", text: bool = False
+    ) -> list[int]:
+        """Write raw payloads, one complete frame each, to the connection(s)."""
+        frames = [base64.b64encode(p).decode("ascii") for p in payloads]
+        return list(self.post("inject", frames=frames, connection=connection, text=text)["sent"])
 
     def burst(
         self, count: int, connection: int | str = "all", types: list[str] | None = None

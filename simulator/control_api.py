@@ -21,14 +21,21 @@ Routes (all under ``/control``):
 ``POST fill_order``             ``{"uuid", "volume"?, "price"?}``
 ``POST cancel_order``           ``{"uuid"}``
 ``POST burst``                  ``{"count": n, "connection"?, "types"?}``
+``POST error``                  ``{"name", "connection"?}``: error frame ``name``, then close
+                                (as after a rejected request; counts as a violation)
+``POST inject``                 ``{"frames": [base64, ...], "connection"?, "text"?}``: raw
+                                payloads, one complete frame each (at most 10,000)
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from simulator.frames import OP_BINARY, OP_TEXT
 from simulator.http import HttpError, HttpRequest, HttpResponse
 from simulator.private import OrderError
 
@@ -36,6 +43,7 @@ if TYPE_CHECKING:
     from simulator.server import Exchange
 
 PREFIX = "/control/"
+MAX_INJECTED_FRAMES = 10_000
 
 
 def _number(body: dict[str, Any], name: str, default: float | None = None) -> float:
@@ -175,4 +183,16 @@ class ControlApi:
         if action == "burst":
             count = int(_number(body, "count"))
             return await exchange.burst(count, body.get("connection"), body.get("types"))
+        if action == "error":
+            return {"sent": exchange.error(body.get("connection"), str(body.get("name", "")))}
+        if action == "inject":
+            frames = body.get("frames")
+            if not isinstance(frames, list) or len(frames) > MAX_INJECTED_FRAMES:
+                raise ValueError(f"frames must be a list of at most {MAX_INJECTED_FRAMES}")
+            try:
+                payloads = [base64.b64decode(item, validate=True) for item in frames]
+            except (TypeError, binascii.Error) as exc:
+                raise ValueError(f"frames must be base64 strings: {exc}") from exc
+            opcode = OP_TEXT if body.get("text") else OP_BINARY
+            return {"sent": exchange.inject(body.get("connection"), payloads, opcode)}
         raise KeyError(f"unknown control action {action!r}")

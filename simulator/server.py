@@ -39,7 +39,7 @@ from simulator.encode import (
     encode_trade,
     is_list_format,
 )
-from simulator.frames import frame
+from simulator.frames import OP_BINARY, frame
 from simulator.generator import MarketGenerator, MarketState, Trade
 from simulator.http import HttpServer
 from simulator.journal import ConnectionRecord, Journal
@@ -723,6 +723,33 @@ class Exchange:
             else:
                 raise ValueError(f"unknown malformed kind {kind!r}")
         return [client.id for client in clients]
+
+    def error(self, connection: int | str | None, name: str) -> list[int]:
+        """Answer as if the client's last request failed: error frame ``name``, then close."""
+        if not name or len(name) > 64:
+            raise ValueError("error name must be 1..64 characters")
+        clients = [c for c in self.targets(connection) if not c.closing]
+        for client in clients:
+            client.record.violations.append({"t": time.time(), "kind": "injected_error"})
+            self._fail(client, RequestError(name))
+        return [client.id for client in clients]
+
+    def inject(
+        self, connection: int | str | None, payloads: list[bytes], opcode: int = OP_BINARY
+    ) -> list[int]:
+        """Write each payload as one complete frame, after the pending market data."""
+        clients = self.targets(connection)
+        data = b"".join(frame(p, opcode) for p in payloads)
+        sent = []
+        for client in clients:
+            self._flush(client)
+            transport = client.conn.transport
+            if client.closing or transport is None or transport.is_closing():
+                continue
+            transport.write(data)
+            client.last_tx = self.monotonic()
+            sent.append(client.id)
+        return sent
 
     async def restart(self, seconds: float) -> None:
         await self._unlisten("fault_restart")
