@@ -57,8 +57,8 @@ def test_stall_keeps_tcp_open_but_silent(sim):
     ws = subscribed(sim)
     try:
         (conn_id,) = sim.control.status()["connections"]
-        assert sim.control.stall(0.8, connection=conn_id) == [conn_id]
-        collect_for(ws, 0.05)
+        assert sim.control.stall(1.5, connection=conn_id) == [conn_id]
+        collect_for(ws, 0.3)  # frames already on the way
         ws.ping("during stall")
         ws.settimeout(0.5)
         with pytest.raises(websocket.WebSocketTimeoutException):

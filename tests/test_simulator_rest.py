@@ -124,17 +124,18 @@ def test_trades_ticks_paging_with_cursor(sim):
 
 
 def test_rest_rate_limit_429_then_418():
-    with Simulator(markets=3, rate=0.0, rest_teapot_after=2, rest_block_seconds=0.5) as sim:
+    limits = {"rest_limit": 3, "rest_teapot_after": 2, "rest_block_seconds": 1.5}
+    with Simulator(markets=3, rate=0.0, **limits) as sim:
         url = f"{sim.rest_url}/v1/ticker?markets=KRW-BTC"
-        statuses = [get(url)[0] for _ in range(10)]
-        assert statuses == [200] * 10
+        statuses = [get(url)[0] for _ in range(3)]
+        assert statuses == [200] * 3
         status, _, body = get(url)
         assert status == 429 and body == b"Too many API requests."
         assert get(url)[0] == 429
         status, _, body = get(url)
         assert status == 418 and b"Blocked" in body
         assert get(url)[0] == 418
-        time.sleep(1.1)
+        time.sleep(1.6)
         assert get(url)[0] == 200
         kinds = [entry["status"] for entry in sim.control.journal(sids=False)["rest"]]
         assert kinds[:3] == [429, 429, 429] and 418 in kinds
