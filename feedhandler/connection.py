@@ -233,6 +233,8 @@ class UpstreamConnection:
         self._conn_key = f"{self.name}#{self._generation}"
         self._transport = transport
         self.flush.reset()
+        if self._generation > 1:
+            self.health.on_reconnect()
         self.health.on_connected()
         self._bus.publish_sys(
             "connection_up", {"connection": self.name, "generation": self._generation}
@@ -293,6 +295,7 @@ class UpstreamConnection:
         clock = self._clock
         name = self.name
         last_ping = clock()
+        last_pong_ns = transport.last_pong_ns
         quiet_deadline: float | None = None
         trade_codes: frozenset[str] = frozenset()
         delivered = False
@@ -318,10 +321,15 @@ class UpstreamConnection:
                 for _opcode, payload in messages:
                     route(name, decoder, payload, recv_ns)
                 health.on_messages(len(messages))
+                if not delivered:
+                    health.on_success()
                 delivered = True
             now = clock()
             if messages:
                 self.last_message_at = time.time()
+            if transport.last_pong_ns != last_pong_ns:
+                last_pong_ns = transport.last_pong_ns
+                health.on_pong()
             if now - last_ping >= s.heartbeat_interval:
                 transport.ping()
                 last_ping = now
