@@ -223,3 +223,29 @@ def test_both_wire_formats_fill_shm(feed_harness, fmt):
             r for c in sim.control.journal(sids=False)["connections"] for r in c["requests"]
         ]
         assert requests and all(r["format"] == fmt for r in requests)
+
+
+def test_codes_spread_over_several_connections_within_the_caps(feed_harness):
+    with Simulator(markets=12, rate=600.0, seed=13) as sim:
+        harness = feed_harness(
+            sim,
+            {
+                "subscriptions": ALL_PUBLIC,
+                "connection": {"max_codes_per_connection": 9, "max_connections": 5},
+            },
+        )
+        feed = harness.start()
+        tickers = shm.attach(harness.prefix, "ticker", timeout=5)
+        try:
+            wait_until(lambda: all(tickers.latest(c) is not None for c in sim.markets), 15)
+        finally:
+            tickers.close()
+        plans = feed.registry.plans()
+        assert len(plans) == 4  # 12 markets x 3 types = 36 code subscriptions, 9 each
+        live = [c for c in journal_is_clean(sim)["connections"] if not c["reason"]]
+        assert len(live) == 4
+        for conn in live:
+            last = conn["requests"][-1]["subscription"]
+            assert sum(len(s["codes"]) for s in last) <= 9
+        codes_seen = [c for conn in live for c in conn["requests"][-1]["subscription"][0]["codes"]]
+        assert len(codes_seen) == len(set(codes_seen))
