@@ -15,8 +15,8 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from feedhandler.backoff import Backoff, sleep_interruptibly
 from feedhandler.config import Settings
@@ -46,6 +46,23 @@ STOP_JOIN_SECONDS = 1.0
 
 class StartupAborted(RuntimeError):
     """Stop was requested before the feed finished starting."""
+
+
+class Addon(Protocol):
+    """An optional part run inside the feed (metrics endpoint, dashboard, recorder).
+
+    ``start`` runs after the router, bus and control channel exist and before the first
+    connection opens, so a recorder's tap sees every frame; ``stop`` runs after the
+    connections have stopped and before the bus and shm are closed.
+    """
+
+    name: str
+
+    def start(self, feed: FeedProcess) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
 
 
 def _limiter_settings(settings: Settings) -> RateLimitSettings:
@@ -80,8 +97,20 @@ def _curve(settings: Settings) -> CurveKeys | None:
 class FeedProcess:
     """The running feed: build with settings, then :meth:`start`, :meth:`stop`."""
 
-    def __init__(self, settings: Settings, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        rng: random.Random | None = None,
+        addons: Sequence[Addon] | None = None,
+    ) -> None:
         self.settings = settings
+        if addons is None:
+            from feedhandler.metrics import addons_from_settings  # noqa: PLC0415 - import cycle
+
+            addons = addons_from_settings(settings)
+        self.addons: list[Addon] = list(addons)
+        self._started_addons: list[Addon] = []
         self._rng = rng or random.Random()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -157,6 +186,9 @@ class FeedProcess:
             curve=curve,
         )
         self.control.start()
+        for addon in self.addons:
+            addon.start(self)
+            self._started_addons.append(addon)
         self.registry.set_source("config", s.subscription_objects(self.market_codes))
         if s.backfill.enabled:
             backfiller = Backfiller(
@@ -386,6 +418,7 @@ class FeedProcess:
             "metrics": self.metrics(),
             "workers": self.workers.workers() if self.workers else [],
             "private": PRIVATE_CONNECTION in self.connections,
+            "addons": {addon.name: addon.status() for addon in self._started_addons},
         }
 
     # -- stop ------------------------------------------------------------------------
@@ -403,6 +436,13 @@ class FeedProcess:
             self.control.stop()
         for thread in self._threads:
             thread.join(max(0.05, deadline - time.monotonic()))
+        while self._started_addons:
+            addon = self._started_addons.pop()
+            try:
+                addon.stop()
+            except Exception:
+                # One add-on failing to stop must not keep the shm segments alive.
+                log.exception("event=addon_stop_failed addon=%s", addon.name)
         if self.publisher is not None:
             self.publisher.close()
         for writer in (self.ticker_writer, self.orderbook_writer):
