@@ -1,19 +1,22 @@
-"""Server-side WebSocket frame headers (RFC 6455: unmasked, FIN set, no extensions)."""
+"""Server-side WebSocket frames (RFC 6455: unmasked, FIN set) and permessage-deflate (RFC 7692)."""
 
 from __future__ import annotations
 
 import struct
+import zlib
 
 OP_TEXT = 0x1
 OP_BINARY = 0x2
+RSV1 = 0x40
 
 _SHORT = struct.Struct("!BB")
 _MEDIUM = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
+_SYNC_TAIL = b"\x00\x00\xff\xff"
 
 
-def header(length: int, opcode: int = OP_BINARY) -> bytes:
-    first = 0x80 | opcode
+def header(length: int, opcode: int = OP_BINARY, compressed: bool = False) -> bytes:
+    first = 0x80 | opcode | (RSV1 if compressed else 0)
     if length < 126:
         return _SHORT.pack(first, length)
     if length < 65536:
@@ -24,3 +27,28 @@ def header(length: int, opcode: int = OP_BINARY) -> bytes:
 def frame(payload: bytes, opcode: int = OP_BINARY) -> bytes:
     """One complete unfragmented frame carrying ``payload``."""
     return header(len(payload), opcode) + payload
+
+
+class Deflater:
+    """Compresses whole messages into frames for one connection that negotiated
+    permessage-deflate with these parameters (our side's window and context takeover)."""
+
+    __slots__ = ("_compressor", "_reset", "_window_bits")
+
+    def __init__(self, window_bits: int, no_context_takeover: bool) -> None:
+        if not 8 <= window_bits <= 15:
+            raise ValueError(f"window bits must be 8..15, got {window_bits}")
+        self._window_bits = window_bits
+        self._reset = no_context_takeover
+        self._compressor = self._new()
+
+    def _new(self) -> zlib._Compress:
+        return zlib.compressobj(wbits=-self._window_bits, memLevel=5)
+
+    def frame(self, payload: bytes) -> bytes:
+        if self._reset:
+            self._compressor = self._new()
+        data = self._compressor.compress(payload) + self._compressor.flush(zlib.Z_SYNC_FLUSH)
+        if data.endswith(_SYNC_TAIL):
+            data = data[:-4]
+        return header(len(data), OP_BINARY, compressed=True) + data

@@ -19,6 +19,7 @@ class ConnectionRecord:
     connected_at: float
     sid_history: int
     disconnected_at: float | None = None
+    compression: bool = False
     reason: str | None = None
     requests: deque[dict[str, Any]] = field(
         default_factory=lambda: deque(maxlen=MAX_EVENTS_PER_CONNECTION)
@@ -44,6 +45,7 @@ class ConnectionRecord:
             "client": self.client,
             "origin": self.origin,
             "authorization": self.authorization,
+            "compression": self.compression,
             "connected_at": self.connected_at,
             "disconnected_at": self.disconnected_at,
             "reason": self.reason,

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
@@ -39,7 +40,7 @@ from simulator.encode import (
     encode_trade,
     is_list_format,
 )
-from simulator.frames import OP_BINARY, frame
+from simulator.frames import OP_BINARY, Deflater, frame
 from simulator.generator import MarketGenerator, MarketState, Trade
 from simulator.http import HttpServer
 from simulator.journal import ConnectionRecord, Journal
@@ -94,6 +95,7 @@ class Client:
         "closing",
         "conn",
         "format",
+        "framer",
         "index_keys",
         "last_rx",
         "last_tx",
@@ -132,6 +134,14 @@ class Client:
         self.status_next: float | None = None
         self.stalled_until = 0.0
         self.closing = False
+        self.framer = frame
+        for extension in conn.protocol.extensions:
+            if isinstance(extension, PerMessageDeflate):
+                deflater = Deflater(
+                    extension.local_max_window_bits or 15, extension.local_no_context_takeover
+                )
+                self.framer = deflater.frame
+                record.compression = True
 
     @property
     def id(self) -> int:
@@ -224,7 +234,7 @@ class Exchange:
             self.ws_port,
             process_request=self._process_request,
             create_connection=TrackedConnection,
-            compression=None,
+            compression="deflate",
             ping_interval=None,
             close_timeout=1.0,
             max_size=64 * 1024,
@@ -612,10 +622,11 @@ class Exchange:
         if self.config.stamp:
             stamp = b',"sim_ns":%d}' % time.time_ns()
             pending = [p[:-1] + stamp for p in pending]
+        framer = client.framer
         if client.list_format:
-            data = b"".join(frame(b"[" + p + b"]") for p in pending)
+            data = b"".join(framer(b"[" + p + b"]") for p in pending)
         else:
-            data = b"".join(map(frame, pending))
+            data = b"".join(map(framer, pending))
         client.pending = []
         transport.write(data)
         client.last_tx = self.monotonic()
@@ -635,7 +646,7 @@ class Exchange:
             or transport.is_closing()
         ):
             return
-        transport.write(frame(b"[" + payload + b"]" if list_wrap else payload))
+        transport.write(client.framer(b"[" + payload + b"]" if list_wrap else payload))
         client.last_tx = self.monotonic()
 
     # --- private events ---

@@ -1,7 +1,12 @@
 """WebSocket conformance of the simulator against SPEC.md, with a plain websocket-client client."""
 
+import base64
 import json
+import os
+import socket
 import time
+import zlib
+from urllib.parse import urlsplit
 
 import pytest
 import websocket
@@ -347,3 +352,46 @@ def test_unknown_path_is_404(sim):
 
 def test_type_helper_reads_both_formats():
     assert type_of({"type": "trade"}) == type_of({"ty": "trade"}) == "trade"
+
+
+def test_permessage_deflate_when_the_client_offers_it(sim):
+    """Frames are compressed (RSV1, context takeover) only for a client that offered it."""
+    parts = urlsplit(sim.public_url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as raw:
+        key = base64.b64encode(os.urandom(16)).decode()
+        raw.sendall(
+            (
+                f"GET {parts.path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+            ).encode()
+        )
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += raw.recv(4096)
+        head, data = data.split(b"\r\n\r\n", 1)
+        assert b"permessage-deflate" in head.lower()
+        payload = json.dumps([{"ticket": "z"}, {"type": "trade", "codes": ["KRW-BTC"]}]).encode()
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        raw.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+        inflater = zlib.decompressobj(-15)
+        messages = []
+        while len(messages) < 3:
+            while len(data) < 4:
+                data += raw.recv(65536)
+            first, length = data[0], data[1] & 0x7F
+            start = 2
+            if length == 126:
+                length, start = int.from_bytes(data[2:4], "big"), 4
+            while len(data) < start + length:
+                data += raw.recv(65536)
+            body, data = data[start : start + length], data[start + length :]
+            assert first == 0xC2  # FIN, RSV1 (compressed), binary
+            messages.append(json.loads(inflater.decompress(body + b"\x00\x00\xff\xff")))
+    assert [m["type"] for m in messages] == ["trade"] * 3
+    assert messages[0]["stream_type"] == "SNAPSHOT"
+    records = sim.control.journal(sids=False)["connections"]
+    assert any(r["compression"] for r in records)
+    assert not all(r["compression"] for r in records)
