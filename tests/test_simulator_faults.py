@@ -215,3 +215,28 @@ def test_shutdown_closes_everything_promptly():
     finally:
         ws.close()
         sim.stop()
+
+
+def test_injected_error_and_raw_frames(sim):
+    ws = subscribed(sim)
+    try:
+        sim.control.inject([b'{"hello":1}', b"PONG?"], text=True)
+        seen = []
+        while len(seen) < 2:
+            opcode, payload = ws.recv_data()
+            if opcode == websocket.ABNF.OPCODE_TEXT:
+                seen.append(payload)
+        assert seen == [b'{"hello":1}', b"PONG?"]
+        (conn_id,) = sim.control.error("INVALID_PARAM")
+        message = recv_json(ws)
+        while "error" not in message:
+            message = recv_json(ws)
+        assert message["error"]["name"] == "INVALID_PARAM"
+        assert not dropped(ws)  # a close frame, as after a real error
+        (record,) = sim.control.journal(sids=False, connection=conn_id)["connections"]
+        assert [v["kind"] for v in record["violations"]] == ["injected_error"]
+        with pytest.raises(ControlError) as caught:
+            sim.control.post("inject", frames=["not base64!"])
+        assert caught.value.status == 400
+    finally:
+        ws.close()
