@@ -11,6 +11,7 @@ Rate limiting per client address and group (SPEC 8, 15.6): quotation groups 10/s
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,8 @@ from simulator.private import AuthError, OrderError, query_string
 
 if TYPE_CHECKING:
     from simulator.server import Exchange
+
+log = logging.getLogger("simulator.rest")
 
 _GROUPS = {
     ("GET", "/v1/market/all"): "market",
@@ -87,9 +90,18 @@ class RestApi:
         left = self.windows[(ip, group)].remaining(now)
         headers = {"Remaining-Req": f"group={group}; min=1800; sec={left}"}
         try:
-            return self._route(request, group, headers)
+            response = self._route(request, group, headers)
         except _Reply as reply:
-            return reply.response
+            response = reply.response
+        log.debug(
+            "event=rest_request client=%s method=%s path=%s query=%s status=%s",
+            ip,
+            request.method,
+            request.path,
+            request.query_string,
+            response.status,
+        )
+        return response
 
     def _limit(self, ip: str, group: str, now: float, path: str) -> HttpResponse | None:
         config = self.exchange.config
