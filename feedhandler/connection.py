@@ -103,6 +103,8 @@ class UpstreamConnection:
         self.failed: str | None = None
         self.last_message_at: float | None = None
         self.requests_sent = 0
+        self._delivered = False
+        self._session_trade_codes: frozenset[str] = frozenset()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -240,19 +242,22 @@ class UpstreamConnection:
             "connection_up", {"connection": self.name, "generation": self._generation}
         )
         log.info("event=connected connection=%s generation=%d", self.name, self._generation)
-        delivered = False
         reason = "stopped"
-        trade_codes: frozenset[str] = frozenset()
+        # Set by the session as it goes: a session ends with an exception far more often
+        # than with a return, and what it delivered and subscribed still counts then.
+        self._delivered = False
+        self._session_trade_codes = frozenset()
         decoder = HotDecoder(format=self.settings.format)
         try:
-            delivered, trade_codes = self._session(transport, decoder)
+            self._session(transport, decoder)
         except UpstreamError as exc:
             reason = f"exchange error {exc.name}"
             self.health.on_error("upstream")
             if exc.is_rate_limit:
                 self._limiter.record_rate_limit_error(f"message:{self._conn_key}")
                 self._bus.publish_sys("rate_limit", {"connection": self.name, "name": exc.name})
-            elif exc.is_auth:
+            elif exc.is_auth and self.settings.private:
+                # On the public endpoint INVALID_AUTH rejects one request, not the keys.
                 self.failed = "authentication rejected (INVALID_AUTH)"
             log.warning("event=upstream_error connection=%s name=%s", self.name, exc.name)
         except StallDetected as exc:
@@ -272,7 +277,8 @@ class UpstreamConnection:
             self._limiter.forget_connection(self._conn_key)
             self.health.on_disconnected(reason)
             self.health.subscribed = False
-            plan_codes = self._trade_codes(self._registry.plan(self.name)) | trade_codes
+            plan_codes = self._trade_codes(self._registry.plan(self.name))
+            plan_codes |= self._session_trade_codes
             if not self._stop.is_set():
                 self._trades.on_gap(plan_codes)
                 self._bus.publish_sys(
@@ -282,13 +288,13 @@ class UpstreamConnection:
         if self.failed and self.settings.private:
             self._give_up(self.failed)
             self._stop.set()
-        return delivered
+        return self._delivered
 
     @staticmethod
     def _trade_codes(plan: ConnectionPlan) -> frozenset[str]:
         return frozenset(c for s in plan.subscriptions if s.type == "trade" for c in s.codes)
 
-    def _session(self, transport: WsTransport, decoder: HotDecoder) -> tuple[bool, frozenset[str]]:
+    def _session(self, transport: WsTransport, decoder: HotDecoder) -> None:
         s = self.settings
         route = self._router.route
         health = self.health
@@ -298,21 +304,20 @@ class UpstreamConnection:
         last_pong_ns = transport.last_pong_ns
         quiet_deadline: float | None = None
         trade_codes: frozenset[str] = frozenset()
-        delivered = False
         recv_wait = min(s.recv_timeout, MAX_RECV_WAIT)
         while not self._stop.is_set():
             version = self.flush.poll()
             if version is not None:
                 plan = self._registry.plan(name)
                 if not plan.subscriptions:
-                    return delivered, trade_codes
+                    return
                 transport.send_text(
                     build_request(plan.subscriptions, ticket=new_ticket(), format=s.format).decode()
                 )
                 self.flush.sent(version)
                 self.requests_sent += 1
                 health.subscribed = True
-                trade_codes = self._trade_codes(plan)
+                trade_codes = self._session_trade_codes = self._trade_codes(plan)
                 self._trades.on_resubscribed(trade_codes)
                 quiet_deadline = clock() + QUIET_BACKFILL_AFTER
             messages = transport.recv_messages(recv_wait)
@@ -321,9 +326,9 @@ class UpstreamConnection:
                 for _opcode, payload in messages:
                     route(name, decoder, payload, recv_ns)
                 health.on_messages(len(messages))
-                if not delivered:
+                if not self._delivered:
                     health.on_success()
-                delivered = True
+                self._delivered = True
             now = clock()
             if messages:
                 self.last_message_at = time.time()
@@ -340,7 +345,6 @@ class UpstreamConnection:
                 raise StallDetected(f"no frame for {s.stall_seconds:g} s while subscribed")
             if transport.pong_overdue(2 * s.heartbeat_interval + 5.0):
                 raise StallDetected("no pong to keepalive pings")
-        return delivered, trade_codes
 
     # -- status ----------------------------------------------------------------------
 
