@@ -237,7 +237,7 @@ class Exchange:
             compression="deflate",
             ping_interval=None,
             close_timeout=1.0,
-            max_size=64 * 1024,
+            max_size=1024 * 1024,
             write_limit=1024 * 1024,
             reuse_address=True,
         )
