@@ -196,7 +196,7 @@ def run_top(
         status = fetch()
         now = clock()
         counts = dict(status.get("metrics", {}).get("messages", {}))
-        rates: dict[str, float] = {}
+        rates: dict[str, float] | None = None
         if previous is not None and now > previous[0]:
             elapsed = now - previous[0]
             rates = {k: (v - previous[1].get(k, 0)) / elapsed for k, v in counts.items()}
