@@ -102,23 +102,29 @@ def emitted():
                     frames[(message.get("type", message.get("ty")), fmt)] = payload
             finally:
                 ws.close()
-        ws = connect(sim.private_url, Authorization=f"Bearer {token(ACCESS, SECRET)}")
+        default = connect(sim.private_url, Authorization=f"Bearer {token(ACCESS, SECRET)}")
+        simple = connect(sim.private_url, Authorization=f"Bearer {token(ACCESS, SECRET)}")
         try:
-            ws.send(request({"type": "myOrder"}, {"type": "myAsset"}))
-            ws.send("PING")
-            _, frames[("status", "-")] = ws.recv_data()
+            default.send(request({"type": "myOrder"}, {"type": "myAsset"}))
+            simple.send(request({"type": "myOrder"}, {"type": "myAsset"}, fmt="SIMPLE"))
+            for ws in (default, simple):
+                ws.send("PING")
+                _, frames[("status", "-")] = ws.recv_data()
             placed = sim.control.place_order(
                 market="KRW-BTC", side="bid", ord_type="limit", price="100000000", volume="0.01"
             )
             sim.control.fill_order(placed["uuid"], volume="0.002")
-            ws.settimeout(5)
-            while ("myOrder", "DEFAULT") not in frames:
-                _, payload = ws.recv_data()
-                message = json.loads(payload)
-                if message["type"] == "myAsset" or message["state"] == "trade":
-                    frames[(message["type"], "DEFAULT")] = payload
+            for ws, fmt in ((default, "DEFAULT"), (simple, "SIMPLE")):
+                ws.settimeout(5)
+                while ("myOrder", fmt) not in frames or ("myAsset", fmt) not in frames:
+                    _, payload = ws.recv_data()
+                    message = json.loads(payload)
+                    kind = message.get("type", message.get("ty"))
+                    if kind == "myAsset" or message.get("state", message.get("s")) == "trade":
+                        frames[(kind, fmt)] = payload
         finally:
-            ws.close()
+            default.close()
+            simple.close()
         bad = connect(sim.public_url)
         try:
             bad.send(request({"type": "nope", "codes": ["KRW-BTC"]}))
