@@ -121,6 +121,10 @@ class Router:
                 self._ticker_writer.write_ticker(msg, recv_ns)
             except UnknownSymbolError:
                 self._write_new_symbol(self._ticker_writer, msg, recv_ns)
+            except TypeError as exc:
+                # Valid JSON whose values do not fit the record (an integer beyond 64
+                # bits, say): a bad frame, not a reason to lose the connection thread.
+                raise ProtocolError(f"ticker not storable in shm ({exc})", msg.code) from exc
         self.counts["ticker"] += 1
 
     def _on_orderbook(self, _connection: str, msg: HotOrderbook, recv_ns: int) -> None:
@@ -129,6 +133,8 @@ class Router:
                 self._orderbook_writer.write_orderbook(msg, recv_ns)
             except UnknownSymbolError:
                 self._write_new_symbol(self._orderbook_writer, msg, recv_ns)
+            except TypeError as exc:
+                raise ProtocolError(f"orderbook not storable in shm ({exc})", msg.code) from exc
         self.counts["orderbook"] += 1
 
     def _on_trade(self, _connection: str, msg: HotTrade, recv_ns: int) -> None:
@@ -173,10 +179,15 @@ class Router:
         except SymbolTableFullError:
             self.unknown_codes[msg.code] += 1
             return
-        if isinstance(msg, HotTicker):
-            writer.write_ticker(msg, recv_ns)
-        else:
-            writer.write_orderbook(msg, recv_ns)
+        except ValueError as exc:
+            raise ProtocolError(f"market code not storable in shm ({exc})", msg.code) from exc
+        try:
+            if isinstance(msg, HotTicker):
+                writer.write_ticker(msg, recv_ns)
+            else:
+                writer.write_orderbook(msg, recv_ns)
+        except TypeError as exc:
+            raise ProtocolError(f"{msg.code}: not storable in shm ({exc})", msg.code) from exc
 
 
 def publish_trade_to(bus: Publisher) -> Callable[[str, bytes, int, int, bool], None]:
