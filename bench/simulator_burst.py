@@ -35,6 +35,8 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
+
 from simulator.control import ControlClient
 from simulator.encode import encode_orderbook, encode_ticker, encode_trade
 from simulator.frames import frame
@@ -146,12 +148,16 @@ def sample_frames(types: list[str], count: int) -> bytes:
     return b"".join(frames[:count])
 
 
-def _baseline_sender(listener: socket.socket, pool: bytes, passes: int, tail: bytes) -> None:
+def _baseline_sender(
+    listener: socket.socket, pool: bytes, passes: int, tail: bytes, report: Any
+) -> None:
     conn, _ = listener.accept()
+    started = time.process_time()
     with conn:
         for _ in range(passes):
             conn.sendall(pool)
         conn.sendall(tail)
+    report.put(time.process_time() - started)
 
 
 def baseline_run(types: list[str], frames: int) -> dict[str, Any]:
@@ -161,22 +167,32 @@ def baseline_run(types: list[str], frames: int) -> dict[str, Any]:
     tail = sample_frames(types, rest) if rest else b""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    sender = multiprocessing.get_context("fork").Process(
-        target=_baseline_sender, args=(listener, pool, passes, tail), daemon=True
+    context = multiprocessing.get_context("fork")
+    report = context.Queue()
+    sender = context.Process(
+        target=_baseline_sender, args=(listener, pool, passes, tail, report), daemon=True
     )
     sender.start()
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as sock:
             got, nbytes, seconds = count_frames(sock, frames)
+        cpu = float(report.get(timeout=IO_TIMEOUT))
     finally:
         sender.join(IO_TIMEOUT)
         if sender.is_alive():
             sender.kill()
         listener.close()
-    return {"frames": got, "bytes": nbytes, "seconds": seconds}
+    return {"frames": got, "bytes": nbytes, "seconds": seconds, "sender_cpu_seconds": cpu}
 
 
-def simulator_run(urls: dict[str, str], types: list[str], frames: int) -> dict[str, Any]:
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def simulator_run(
+    urls: dict[str, str], types: list[str], frames: int, process: psutil.Process
+) -> dict[str, Any]:
     control = ControlClient(urls["control_url"], timeout=IO_TIMEOUT)
     sock = ws_connect(urls["public_url"])
     try:
@@ -194,12 +210,20 @@ def simulator_run(urls: dict[str, str], types: list[str], frames: int) -> dict[s
         caller = threading.Thread(
             target=lambda: reported.update(control.burst(frames)), name="burst", daemon=True
         )
+        cpu_before = _cpu_seconds(process)
         caller.start()
         got, nbytes, seconds = count_frames(sock, frames)
         caller.join(IO_TIMEOUT)
+        cpu = _cpu_seconds(process) - cpu_before
     finally:
         sock.close()
-    return {"frames": got, "bytes": nbytes, "seconds": seconds, "simulator": reported}
+    return {
+        "frames": got,
+        "bytes": nbytes,
+        "seconds": seconds,
+        "simulator": reported,
+        "simulator_cpu_seconds": cpu,
+    }
 
 
 def _start_simulator(rate: float, markets: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
@@ -261,13 +285,15 @@ def main(argv: list[str] | None = None) -> int:
         sim_runs, base_runs = [], []
         for _ in range(args.runs):
             base_runs.append(baseline_run(types, args.frames))
-            sim_runs.append(simulator_run(urls, types, args.frames))
+            sim_runs.append(simulator_run(urls, types, args.frames, psutil.Process(process.pid)))
             ControlClient(urls["control_url"]).reset_journal()
     finally:
         process.terminate()
         process.wait(10)
     best_sim = max(sim_runs, key=_rate)
     best_base = max(base_runs, key=_rate)
+    best_cpu = min(run["simulator_cpu_seconds"] for run in sim_runs)
+    base_cpu = min(run["sender_cpu_seconds"] for run in base_runs)
     result = {
         "bench": "simulator_burst",
         "types": types,
@@ -275,7 +301,12 @@ def main(argv: list[str] | None = None) -> int:
         "avg_frame_bytes": round(best_sim["bytes"] / best_sim["frames"], 1),
         "simulator_msgs_per_s": round(_rate(best_sim)),
         "simulator_MB_per_s": round(best_sim["bytes"] / best_sim["seconds"] / 1e6, 1),
+        # CPU the simulator process spent per frame (pool build, id rewrite, socket writes,
+        # the control request): its own ceiling on one free core, whatever the receiver does.
+        "simulator_cpu_us_per_frame": round(best_cpu * 1e6 / args.frames, 3),
+        "simulator_cpu_bound_msgs_per_s": round(args.frames / best_cpu),
         "baseline_raw_sender_msgs_per_s": round(_rate(best_base)),
+        "baseline_sender_cpu_us_per_frame": round(base_cpu * 1e6 / args.frames, 3),
         "simulator_vs_baseline": round(_rate(best_sim) / _rate(best_base), 3),
         "runs": {
             "simulator_msgs_per_s": [round(_rate(r)) for r in sim_runs],

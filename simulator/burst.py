@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from simulator.server import Client, Exchange
 
 POOL_FRAMES = 8192
+CHUNK_BYTES = 128 * 1024
+_WRITE_HIGH = 512 * 1024
 BURST_TYPES = ("trade", "ticker", "orderbook")
 _STAMP_SLOT = b',"sim_ns":0000000000000000000}'
 _STAMP_DIGITS = 19
@@ -39,7 +41,7 @@ _STAMP_DIGITS = 19
 class Pool:
     """Pre-built frames for one client and where to rewrite them between passes."""
 
-    __slots__ = ("data", "ends", "sid_slots", "span", "stamp_slots")
+    __slots__ = ("chunk_ends", "data", "ends", "sid_slots", "span", "stamp_slots")
 
     def __init__(self) -> None:
         self.data = b""
@@ -48,6 +50,8 @@ class Pool:
         self.sid_slots: list[tuple[int, int, str]] = []
         """(offset of the id digits, id, code) of every trade frame."""
         self.span: dict[str, int] = {}
+        self.chunk_ends: list[int] = []
+        """Frame ends about every ``CHUNK_BYTES``, the last one the end of the pool."""
 
 
 def build_pool(exchange: Exchange, client: Client, size: int, types: list[str] | None) -> Pool:
@@ -117,6 +121,13 @@ def build_pool(exchange: Exchange, client: Client, size: int, types: list[str] |
     for _, sid, code in pool.sid_slots:
         by_code.setdefault(code, []).append(sid)
     pool.span = {code: max(sids) - min(sids) + 1 for code, sids in by_code.items()}
+    mark = CHUNK_BYTES
+    for end in ends:
+        if end >= mark:
+            pool.chunk_ends.append(end)
+            mark = end + CHUNK_BYTES
+    if ends and (not pool.chunk_ends or pool.chunk_ends[-1] != ends[-1]):
+        pool.chunk_ends.append(ends[-1])
     return pool
 
 
@@ -192,10 +203,22 @@ async def _write_passes(
             if pool.stamp_slots:
                 digits = np.frombuffer(b"%d" % time.time_ns(), dtype=np.uint8)
                 view[stamp_index] = digits
-            # A copy: the transport may keep it while the next pass is rewritten.
-            transport.write(bytes(buffer[:size]))
+            data: bytes | bytearray = buffer
         else:
-            transport.write(pool.data if size == len(pool.data) else pool.data[:size])
+            data = pool.data
+        # Chunks that end on frame boundaries (other frames may be written between
+        # them), small enough that the socket usually takes each whole: a big chunk
+        # would sit in asyncio's buffer, which is shifted after every partial send.
+        start = 0
+        for chunk_end in pool.chunk_ends:
+            end = min(chunk_end, size)
+            # bytes(): a copy, since the transport may keep it while ``buffer`` is rewritten.
+            transport.write(bytes(data[start:end]) if rewrite else data[start:end])
+            start = end
+            if transport.get_write_buffer_size() > _WRITE_HIGH:
+                await conn.drain()
+            if start >= size:
+                break
         client.last_tx = exchange.monotonic()
         remaining -= frames
         sent += frames
