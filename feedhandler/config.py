@@ -10,8 +10,10 @@ repr, dump and message.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
+import stat
 import sys
 import typing
 from collections.abc import Mapping, Sequence
@@ -43,7 +45,21 @@ from feedhandler.upbit.subscription import (
     split_code,
 )
 
+log = logging.getLogger("feedhandler.config")
+
 ENV_PREFIX = "UPFEED__"
+# A configuration is a page of YAML; anything this large is a wrong file or an attack
+# on the parser (YAML aliases can expand a small file, the cap bounds the input).
+MAX_CONFIG_BYTES = 1024 * 1024
+# What marks a config text as holding a secret: an assignment to a key-like name (in a
+# comment too: a pasted ``UPBIT_SECRET_KEY=...`` line is the usual accident) or a URL
+# with a password in it.
+_SECRET_ASSIGNMENT_RE = re.compile(
+    r"(?:(?:access|secret|api)[_-]?key|password|passwd|token)"
+    r"(?![\w-]*(?:file|path|dir))[\w-]*[\"']?\s*[:=]\s*[\"']?[^\s\"'#]{8,}",
+    re.IGNORECASE,
+)
+_URL_PASSWORD_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
 ALL_MARKETS: Literal["all"] = "all"
 
 # sun_path in sockaddr_un holds 108 bytes including the terminating NUL.
@@ -591,9 +607,14 @@ def _yaml_line(text: str, loc: Sequence[str | int], *, at_key: bool) -> int | No
 
 def _read_yaml(source: str, path: Path) -> tuple[str, dict[str, Any]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise _error(source, "", f"cannot read the config file: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise _error(source, "", f"the config file is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _error(source, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
@@ -686,6 +707,53 @@ def _scrub(message: str, credentials: Credentials | None) -> str:
     return message
 
 
+def _readable_by_others(path: Path) -> int | None:
+    """The file's permission bits if its group or other users may read it, else None."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None
+    return mode if mode & (stat.S_IRGRP | stat.S_IROTH) else None
+
+
+def secret_exposure(
+    path: Path, text: str, credentials: Credentials | None, settings: Settings | None = None
+) -> list[str]:
+    """Why secrets in or named by the config may be readable by other users (empty: fine).
+
+    The config file counts when others may read it and its text holds a secret: the API
+    keys of this process, an assignment to a key-like name (comments included) or a URL
+    with a password. The CURVE secret key file it names always holds a secret. The
+    reasons never contain the secret itself.
+    """
+    reasons: list[str] = []
+    mode = _readable_by_others(path)
+    if mode is not None:
+        found = []
+        if credentials is not None and any(
+            value in text for value in (credentials.access_key, credentials.secret_key)
+        ):
+            found.append("the API keys of this process")
+        if _SECRET_ASSIGNMENT_RE.search(text):
+            found.append("a key, token or password assignment")
+        if _URL_PASSWORD_RE.search(text):
+            found.append("a URL with a password")
+        if found:
+            reasons.append(
+                f"{path} (mode {mode:04o}) is readable by other users and contains "
+                f"{', '.join(found)}; chmod 600 it and keep API keys in the environment"
+            )
+    secret_file = settings.zmq.curve_server_secret_key_file if settings is not None else None
+    if secret_file:
+        mode = _readable_by_others(Path(secret_file))
+        if mode is not None:
+            reasons.append(
+                f"the CURVE secret key file {secret_file} (mode {mode:04o}) is readable by "
+                "other users; chmod 600 it"
+            )
+    return reasons
+
+
 def load_settings(
     path: str | Path,
     environ: Mapping[str, str] | None = None,
@@ -731,6 +799,8 @@ def load_settings(
         raise _error(source, key_path, _scrub(message, credentials)) from None
     settings._source = source
     settings._credentials = credentials
+    for reason in secret_exposure(Path(path), text, credentials, settings):
+        log.warning("event=config_secret_readable detail=%r", reason)
     if credentials is not None:
         # Whatever this process logs from now on, these values render as ***.
         register_secret(credentials.access_key)
