@@ -233,6 +233,7 @@ class Exchange:
             self.config.host,
             self.ws_port,
             process_request=self._process_request,
+            process_response=self._process_response,
             create_connection=TrackedConnection,
             compression="deflate",
             ping_interval=None,
@@ -305,6 +306,20 @@ class Exchange:
                 log.info("event=connect_rejected client=%s kind=%s", client_ip, kind)
                 return conn.respond(429, "Too Many Requests\n")
         return None
+
+    def _process_response(
+        self, conn: ServerConnection, request: Request, response: Response
+    ) -> Response:
+        """Upbit's upgrade answer carries the connect budget (as the live probe saw)."""
+        if response.status_code == 101:
+            client_ip = str(conn.remote_address[0]) if conn.remote_address else "?"
+            origin = "Origin" in request.headers
+            window = self.connect_windows.get((client_ip, origin))
+            left = window.remaining(self.monotonic()) if window is not None else 0
+            group = "origin" if origin else "websocket"
+            response.headers["Remaining-Req"] = f"group={group}; min=300; sec={left}"
+            response.headers["Limit-By-IP"] = "Yes"
+        return response
 
     async def _handler(self, conn: ServerConnection) -> None:
         request = conn.request

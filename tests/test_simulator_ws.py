@@ -372,6 +372,7 @@ def test_permessage_deflate_when_the_client_offers_it(sim):
             data += raw.recv(4096)
         head, data = data.split(b"\r\n\r\n", 1)
         assert b"permessage-deflate" in head.lower()
+        assert b"\r\nremaining-req: group=websocket; min=300; sec=" in head.lower()
         payload = json.dumps([{"ticket": "z"}, {"type": "trade", "codes": ["KRW-BTC"]}]).encode()
         mask = os.urandom(4)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
