@@ -25,8 +25,11 @@ Market data
     Events, markets, sides, prices and sizes are deterministic for a seed; times are
     the wall clock. ``sequential_id`` is ``trade_timestamp * 10000 + n`` (above 2^53,
     some odd). Frames are binary, UTF-8 JSON, DEFAULT / SIMPLE / JSON_LIST /
-    SIMPLE_LIST. With ``stamp`` every market-data frame ends with
+    SIMPLE_LIST; compressed (permessage-deflate) only for a client that offers it.
+    With ``stamp`` every market-data frame ends with
     ``"sim_ns": <time.time_ns() when written>``; without it the field set is Upbit's.
+    Burst mode (control ``burst``) writes pre-built frames for a client's
+    subscription straight to its socket, for throughput benchmarks (:mod:`simulator.burst`).
 
 Assumptions where SPEC.md leaves Upbit's behaviour unconfirmed
     * Rate limits on the WebSocket: more than 5 new connections per second from one
