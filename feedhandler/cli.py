@@ -50,6 +50,7 @@ def _run_feed(args: argparse.Namespace, record: str | None, duration: float | No
         metrics_port=args.metrics_port,
         dashboard_port=args.dashboard_port,
         record_path=record,
+        route_sample_every=args.route_sample,
     )
     feed = FeedProcess(settings, addons=addons)
     deadline = None if duration is None else time.monotonic() + duration
@@ -201,6 +202,12 @@ def _feed_options(parser: argparse.ArgumentParser) -> None:
         help="serve Prometheus metrics on 127.0.0.1:PORT (default: metrics.prometheus_port)",
     )
     parser.add_argument("--dashboard-port", type=int, help="serve the dashboard on 127.0.0.1:PORT")
+    parser.add_argument(
+        "--route-sample",
+        type=int,
+        metavar="N",
+        help="time decode + route of one frame in N (a small cost on every frame)",
+    )
 
 
 def _query_options(parser: argparse.ArgumentParser, handler: Callable[..., int]) -> None:

@@ -88,6 +88,7 @@ def snapshot(feed: FeedProcess, telemetry: Telemetry) -> dict[str, Any]:
         "latency": histogram_json(wire[1], wire[0]),
         "route": histogram_json(route, "decode + route per frame (sampled)") if route else None,
         "markets": telemetry.markets(),
+        "frame_cpu_us": {k: round(v * 1e6, 2) for k, v in telemetry.frame_cpu_s.items()},
         "warnings": active_warnings(status_like),
     }
 
@@ -298,9 +299,11 @@ function render(s) {
     return li;
   }));
   drawHistogram(s.latency);
-  $("route-summary").textContent = s.route && s.route.count ?
+  const cpu = Object.entries(s.frame_cpu_us).map(([k, v]) => k + " " + fmt(v, 1) + " us");
+  $("route-summary").textContent = (s.route && s.route.count ?
     ("decode + route per frame: p50 <= " + us(s.route.p50_s) + ", p99 <= " + us(s.route.p99_s) +
-     " (" + fmt(s.route.count) + " sampled)") : "";
+     " (" + fmt(s.route.count) + " sampled). ") : "") +
+    (cpu.length ? "CPU per frame (receive, decode, route): " + cpu.join(", ") : "");
   $("updated").textContent = "updated " + new Date(s.time_ns / 1e6).toLocaleTimeString();
   document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
 }

@@ -1,12 +1,14 @@
 """Telemetry of a running feed and its Prometheus endpoint, collected off the hot path.
 
-Nothing here adds work per frame except the optional route timer, which times one frame
-in ``route_sample_every`` (a counter test and one extra call on the others). Everything
+Nothing here adds work per frame unless the route timer is switched on (it times one
+frame in ``route_sample_every`` but wraps every call: about 0.3 us a frame). Everything
 else is read when asked for:
 
 * a sampler thread reads the shm rings every ``interval`` seconds with an ordinary
   reader (``since``), so the wire-to-shm latency histogram, the per-market update
   counts and the per-market table cost the connection threads nothing;
+* the CPU time of each connection thread (``/proc`` via psutil) divided by its frames
+  gives the cost of receiving, decoding and routing a frame, without timing any frame;
 * the Prometheus collector turns ``FeedProcess.health()`` / ``metrics()`` /
   ``segments()`` and the telemetry into metric families at scrape time.
 
@@ -26,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import psutil
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -48,7 +51,7 @@ DEFAULT_HOST = "127.0.0.1"
 SAMPLE_INTERVAL = 0.5
 # Message rates are averaged over this window (several sampler intervals).
 RATE_WINDOW_S = 2.0
-ROUTE_SAMPLE_EVERY = 64
+CONNECTION_THREAD_PREFIX = "conn-"
 MAX_TABLE_MARKETS = 500
 
 # Upper bounds in seconds. Wire latency spans a local simulator (tens of microseconds)
@@ -148,7 +151,7 @@ def _le(bound: float) -> str:
 class RouteTimer:
     """Times one routed frame in ``every`` (decode, shm write or publish, trade sequencing)."""
 
-    def __init__(self, every: int = ROUTE_SAMPLE_EVERY) -> None:
+    def __init__(self, every: int = 64) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.every = every
@@ -185,7 +188,7 @@ class Telemetry:
         self,
         *,
         interval: float = SAMPLE_INTERVAL,
-        route_sample_every: int | None = ROUTE_SAMPLE_EVERY,
+        route_sample_every: int | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -214,6 +217,10 @@ class Telemetry:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.samples_taken = 0
+        self._process = psutil.Process()
+        self._cpu_last: dict[str, tuple[float, int]] = {}
+        self.thread_cpu_s: dict[str, float] = {}
+        self.frame_cpu_s: dict[str, float] = {}
 
     # -- add-on ----------------------------------------------------------------------
 
@@ -285,6 +292,7 @@ class Telemetry:
                     updates[code] = updates.get(code, 0) + count
         table = self._market_table(readers, now_ns)
         self._update_rates(updates)
+        self._update_thread_cpu()
         with self._lock:
             self._table = table
         self.samples_taken += 1
@@ -339,6 +347,34 @@ class Telemetry:
                 self._market_rates = {
                     k: round((v - base_totals.get(k, 0)) / elapsed, 2) for k, v in totals.items()
                 }
+
+    def _update_thread_cpu(self) -> None:
+        """CPU seconds of each connection thread and per frame since the last sample."""
+        if self.feed is None:
+            return
+        native = {
+            t.name: t.native_id
+            for t in threading.enumerate()
+            if t.name.startswith(CONNECTION_THREAD_PREFIX)
+        }
+        try:
+            cpu_by_tid = {t.id: t.user_time + t.system_time for t in self._process.threads()}
+        except psutil.Error as exc:
+            log.debug("event=thread_cpu_unavailable error=%r", str(exc))
+            return
+        for name, conn in list(self.feed.connections.items()):
+            cpu = cpu_by_tid.get(native.get(CONNECTION_THREAD_PREFIX + name, -1))
+            if cpu is None:
+                continue
+            frames = conn.health.messages_total
+            self.thread_cpu_s[name] = cpu
+            last = self._cpu_last.get(name)
+            # Clock ticks are 10 ms: judge the cost over enough frames to mean something.
+            if last is None or frames < last[1]:
+                self._cpu_last[name] = (cpu, frames)
+            elif frames - last[1] >= 1000 and cpu - last[0] >= 0.05:
+                self.frame_cpu_s[name] = (cpu - last[0]) / (frames - last[1])
+                self._cpu_last[name] = (cpu, frames)
 
     # -- readers ---------------------------------------------------------------------
 
@@ -541,6 +577,22 @@ class FeedCollector(Collector):
 
     @staticmethod
     def _telemetry(telemetry: Telemetry) -> Iterator[Metric]:
+        cpu = CounterMetricFamily(
+            "upfeed_connection_cpu_seconds",
+            "CPU time of the connection thread",
+            labels=["connection"],
+        )
+        for name, seconds in sorted(telemetry.thread_cpu_s.items()):
+            cpu.add_metric([name], seconds)
+        yield cpu
+        per_frame = GaugeMetricFamily(
+            "upfeed_connection_cpu_per_frame_seconds",
+            "receive + decode + route CPU per frame, recent average",
+            labels=["connection"],
+        )
+        for name, seconds in sorted(telemetry.frame_cpu_s.items()):
+            per_frame.add_metric([name], seconds)
+        yield per_frame
         overrun = CounterMetricFamily(
             "upfeed_shm_sampler_overruns", "records the telemetry reader missed", labels=["segment"]
         )
@@ -608,14 +660,16 @@ def addons_from_settings(
     dashboard_port: int | None = None,
     record_path: str | None = None,
     host: str = DEFAULT_HOST,
+    route_sample_every: int | None = None,
 ) -> list[Addon]:
     """The add-ons a feed runs: the telemetry when anything reads it, the metrics endpoint
     (``metrics.prometheus_port`` or ``metrics_port``, 0 = any free port), the dashboard
-    and the recorder."""
+    and the recorder. ``route_sample_every`` switches the per-frame route timer on."""
     addons: list[Addon] = []
     if metrics_port is None:
         metrics_port = settings.metrics.prometheus_port
-    telemetry = Telemetry() if metrics_port is not None or dashboard_port is not None else None
+    wanted = metrics_port is not None or dashboard_port is not None
+    telemetry = Telemetry(route_sample_every=route_sample_every) if wanted else None
     if telemetry is not None:
         addons.append(telemetry)
     if metrics_port is not None:

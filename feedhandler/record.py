@@ -6,10 +6,10 @@ File format (gzip-compressed stream)::
     <u32 length> <JSON metadata>             format, markets, shm prefix, start time
     { <i64 recv_ns> <u8 len(name)> <u32 len(frame)> <name> <frame> } ...
 
-The recorder sits on ``Router.tap``: the connection thread copies the frame (it may be
-a view into a reused receive buffer) and appends it to a bounded deque; a writer thread
-compresses and writes. When the deque is full the frame is counted as dropped: the
-connection thread never waits for the disk.
+The recorder sits on ``Router.tap``: the connection thread encodes the record (copying
+the frame, which may be a view into a reused receive buffer) and appends it to a
+bounded deque; a writer thread joins batches, compresses and writes. When the deque is
+full the frame is counted as dropped: the connection thread never waits for the disk.
 
 Replay builds the feed's own parts without upstream connections (shm writers,
 publisher, trade sequencer, router, a control server for workers and ``status``) and
@@ -56,6 +56,7 @@ MAX_FRAME_BYTES = 64 * 1024 * 1024
 DEFAULT_QUEUE_FRAMES = 32_768
 _WRITE_CHUNK = 1 << 20
 _IDLE_WAIT_S = 0.01
+_BATCH = 4096
 
 
 class RecordingError(Exception):
@@ -77,6 +78,11 @@ def _open_compressed(path: Path, mode: str, compresslevel: int = 1) -> IO[bytes]
         raise RecordingError(f"{path}: cannot open: {exc}") from exc
 
 
+def encode_frame(name: bytes, frame: bytes | memoryview, recv_ns: int) -> bytes:
+    """One record of the file: header, connection name, frame."""
+    return _RECORD.pack(recv_ns, len(name), len(frame)) + name + frame
+
+
 class RecordingWriter:
     """Writes the header and frames of one recording file. Not thread-safe."""
 
@@ -90,15 +96,16 @@ class RecordingWriter:
         self.frames = 0
         self.bytes = 0
 
-    def write(self, connection: str, frame: bytes, recv_ns: int) -> None:
-        name = connection.encode()
-        buffer = self._buffer
-        buffer += _RECORD.pack(recv_ns, len(name), len(frame))
-        buffer += name
-        buffer += frame
-        self.frames += 1
-        self.bytes += len(frame)
-        if len(buffer) >= _WRITE_CHUNK:
+    def write(self, connection: str, frame: bytes | memoryview, recv_ns: int) -> None:
+        self.write_encoded([encode_frame(connection.encode(), frame, recv_ns)])
+
+    def write_encoded(self, records: list[bytes]) -> None:
+        """Append records made by :func:`encode_frame`."""
+        data = b"".join(records)
+        self._buffer += data
+        self.frames += len(records)
+        self.bytes += len(data)
+        if len(self._buffer) >= _WRITE_CHUNK:
             self.flush()
 
     def flush(self) -> None:
@@ -199,7 +206,8 @@ class Recorder:
         self.max_queue = max_queue
         self.compresslevel = compresslevel
         self._clock_ns = clock_ns
-        self._queue: deque[tuple[str, bytes, int]] = deque()
+        self._queue: deque[bytes] = deque()
+        self._names: dict[str, bytes] = {}
         self._drop_lock = threading.Lock()
         self.dropped = 0
         self._writer: RecordingWriter | None = None
@@ -236,23 +244,28 @@ class Recorder:
             with self._drop_lock:
                 self.dropped += 1
             return
-        self._queue.append((connection, bytes(frame), recv_ns))
+        name = self._names.get(connection)
+        if name is None:
+            name = self._names[connection] = connection.encode()
+        # Encoding here copies the frame once and leaves the writer thread no per-frame
+        # Python work to compete with connection threads for the GIL.
+        self._queue.append(_RECORD.pack(recv_ns, len(name), len(frame)) + name + frame)
 
     def _run(self) -> None:
         writer = self._writer
         assert writer is not None
         queue = self._queue
+        popleft = queue.popleft
         try:
             while True:
-                try:
-                    connection, frame, recv_ns = queue.popleft()
-                except IndexError:
+                pending = len(queue)
+                if not pending:
                     if self._stop.is_set():
                         break
                     writer.flush()
                     self._stop.wait(_IDLE_WAIT_S)
                     continue
-                writer.write(connection, frame, recv_ns)
+                writer.write_encoded([popleft() for _ in range(min(pending, _BATCH))])
         except OSError as exc:
             self.error = str(exc)
             log.error("event=recording_failed path=%s error=%r", self.path, str(exc))

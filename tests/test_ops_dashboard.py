@@ -156,7 +156,8 @@ def test_dashboard_shows_live_numbers_offline_without_console_errors(feed_harnes
         browser.call("Page.navigate", url=url)
 
         def updates() -> int:
-            return int(browser.evaluate("Number(document.body.dataset.updates || 0)"))
+            # Before the new document exists (navigation in progress) there is no body.
+            return int(browser.evaluate("Number(document.body?.dataset.updates || 0)"))
 
         wait_until(lambda: updates() >= 1, 10, interval=0.1)
         first = browser.evaluate("document.getElementById('total-messages').textContent")
@@ -186,6 +187,14 @@ def test_dashboard_shows_live_numbers_offline_without_console_errors(feed_harnes
             interval=0.1,
         )
         assert browser.evaluate("document.querySelectorAll('#hist div').length") > 5
+        wait_until(
+            lambda: (
+                "CPU per frame"
+                in browser.evaluate("document.getElementById('route-summary').textContent")
+            ),
+            10,
+            interval=0.2,
+        )
         requested = {
             e["params"]["request"]["url"]
             for e in browser.events

@@ -115,6 +115,13 @@ def test_metrics_endpoint_follows_the_feed(feed_harness):
             ),
             10,
         )
+        per_frame = wait_until(
+            lambda: scrape(server.url).get(
+                ("upfeed_connection_cpu_per_frame_seconds", (("connection", "public-0"),))
+            ),
+            10,
+        )
+        assert 0 < per_frame < 1e-3
         sim.control.drop_all()
         wait_until(
             lambda: (

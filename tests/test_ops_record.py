@@ -206,3 +206,58 @@ def test_replay_cli_paces_at_the_recorded_speed(feed_harness, tmp_path):
     assert paced["frames"] == fast["frames"] == 10
     assert 0.4 <= paced["seconds"] < 1.5
     assert fast["seconds"] < 0.4
+
+
+def test_record_command_stops_after_its_duration_and_replays(feed_harness, tmp_path):
+    path = tmp_path / "cli.gz"
+    with Simulator(markets=3, rate=300.0, seed=8) as sim:
+        harness = feed_harness(sim, {"subscriptions": PUBLIC})
+        started = time.monotonic()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "feedhandler",
+                "record",
+                "--config",
+                str(harness.config_path),
+                "--out",
+                str(path),
+                "--duration",
+                "1.5",
+            ],
+            env=harness.process_env(),
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        assert time.monotonic() - started < 15
+    recording = Recording(path)
+    assert recording.metadata["markets"] == sim.markets
+    assert recording.metadata["shm_prefix"] == harness.prefix
+    kinds = {orjson.loads(f.frame).get("type") for f in recording}
+    assert {"ticker", "orderbook", "trade"} <= kinds
+    assert not recording.truncated
+    # The feed removed its segments; the replay creates (and removes) its own.
+    assert not (SHM_DIR / f"{harness.prefix}.ticker").exists()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "feedhandler",
+            "replay",
+            str(path),
+            "--config",
+            str(harness.config_path),
+            "--speed",
+            "max",
+        ],
+        env=harness.process_env(),
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    stats = orjson.loads(out.stdout)
+    assert stats["frames"] == sum(1 for _ in recording) > 100
+    assert stats["errors"] == 0
+    assert not (SHM_DIR / f"{harness.prefix}.ticker").exists()
