@@ -8,6 +8,7 @@ from ``--config`` like the workers find it) and exit 0 healthy, 1 degraded, 2 do
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
@@ -23,11 +24,14 @@ from feedhandler.config import Settings, load_settings_or_exit
 from feedhandler.control import ControlClient, ControlRequestError, ControlTimeout
 from feedhandler.demo import run_demo
 from feedhandler.logs import configure_logging
-from feedhandler.metrics import addons_from_settings
+from feedhandler.metrics import OpsStartError, addons_from_settings
 from feedhandler.publisher import BusConfigError
+from feedhandler.record import RecordingError
 from feedhandler.top import exit_code, format_segments, format_status, run_top
 
 EXIT_DOWN = 2
+
+log = logging.getLogger("feedhandler.cli")
 
 
 def _stop_on_signals() -> threading.Event:
@@ -45,13 +49,17 @@ def _run_feed(args: argparse.Namespace, record: str | None, duration: float | No
     settings = load_settings_or_exit(args.config)
     configure_logging(args.log_level or settings.logging.level, settings.logging.format)
     stop = _stop_on_signals()
-    addons = addons_from_settings(
-        settings,
-        metrics_port=args.metrics_port,
-        dashboard_port=args.dashboard_port,
-        record_path=record,
-        route_sample_every=args.route_sample,
-    )
+    try:
+        addons = addons_from_settings(
+            settings,
+            metrics_port=args.metrics_port,
+            dashboard_port=args.dashboard_port,
+            record_path=record,
+            route_sample_every=args.route_sample,
+        )
+    except RecordingError as exc:
+        log.error("event=feed_start_failed error=%r", str(exc))
+        return EXIT_DOWN
     feed = FeedProcess(settings, addons=addons)
     deadline = None if duration is None else time.monotonic() + duration
 
@@ -64,6 +72,9 @@ def _run_feed(args: argparse.Namespace, record: str | None, duration: float | No
         run_until_stopped(feed, wait)
     except StartupAborted:
         return 0
+    except OpsStartError as exc:
+        log.error("event=feed_start_failed error=%r", str(exc))
+        return EXIT_DOWN
     return 0
 
 
@@ -160,7 +171,7 @@ def _top(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from feedhandler.record import RecordingError, Replayer  # noqa: PLC0415
+    from feedhandler.record import Replayer  # noqa: PLC0415
 
     settings = load_settings_or_exit(args.config)
     configure_logging(args.log_level or settings.logging.level, settings.logging.format)

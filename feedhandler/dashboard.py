@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from feedhandler.metrics import DEFAULT_HOST, Histogram, Telemetry
+from feedhandler.metrics import DEFAULT_HOST, Histogram, OpsStartError, Telemetry
 from feedhandler.top import active_warnings
 
 if TYPE_CHECKING:
@@ -152,7 +152,10 @@ class DashboardServer:
         return f"http://{self.host}:{self.port}/"
 
     def start(self, feed: FeedProcess) -> None:
-        self._server = _DashboardHTTPServer((self.host, self.port), feed, self.telemetry)
+        try:
+            self._server = _DashboardHTTPServer((self.host, self.port), feed, self.telemetry)
+        except OSError as exc:
+            raise OpsStartError(f"dashboard {self.host}:{self.port}: {exc}") from exc
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever,

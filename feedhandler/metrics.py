@@ -89,6 +89,10 @@ ROUTE_BUCKETS: tuple[float, ...] = (
 Route = Callable[[str, Any, Any, int], None]
 
 
+class OpsStartError(RuntimeError):
+    """An operations add-on cannot start (port in use, file not writable)."""
+
+
 class Histogram:
     """Cumulative bucket counts and a sum, Prometheus style (``le`` bounds). Thread-safe."""
 
@@ -637,7 +641,10 @@ class MetricsServer:
     def start(self, feed: FeedProcess) -> None:
         self.registry.register(FeedCollector(feed, self.telemetry))
         ProcessCollector(registry=self.registry)
-        self._server, self._thread = start_http_server(self.port, self.host, self.registry)
+        try:
+            self._server, self._thread = start_http_server(self.port, self.host, self.registry)
+        except OSError as exc:
+            raise OpsStartError(f"metrics endpoint {self.host}:{self.port}: {exc}") from exc
         self.port = self._server.server_address[1]
         log.info("event=metrics_started url=%s", self.url)
 

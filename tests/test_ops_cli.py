@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -13,7 +14,7 @@ import orjson
 from feedhandler.top import exit_code, format_status, run_top
 from shm import TickerWriter
 from simulator import Simulator
-from tests.conftest import wait_until
+from tests.conftest import SHM_DIR, wait_until
 
 PUBLIC = [
     {"type": "ticker", "codes": "all"},
@@ -147,3 +148,19 @@ def test_top_draws_rates_from_successive_statuses(feed_harness):
         assert "per_s" not in frames[0] and "per_s" in frames[1]
         assert last["state"] == "healthy"
         assert "connection" in format_status(last)
+
+
+def test_busy_metrics_port_or_bad_record_file_stop_the_start_with_one_line(feed_harness, tmp_path):
+    with Simulator(markets=2, rate=50.0, seed=9) as sim, socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        harness = feed_harness(sim, {"subscriptions": PUBLIC})
+        taken = cli(harness, "run", "--metrics-port", port)
+        assert taken.returncode == 2
+        assert f"metrics endpoint 127.0.0.1:{port}" in taken.stderr
+        assert "Traceback" not in taken.stderr
+        assert not (SHM_DIR / f"{harness.prefix}.ticker").exists()
+        bad = cli(harness, "record", "--out", str(tmp_path / "frames.bin"), "--duration", "1")
+        assert bad.returncode == 2
+        assert "must end in .gz" in bad.stderr and "Traceback" not in bad.stderr
