@@ -478,6 +478,15 @@ class FeedCollector(Collector):
         yield _gauge("upfeed_uptime_seconds", "seconds since start", time.time() - feed.started_at)
         if self.telemetry is not None:
             yield from self._telemetry(self.telemetry)
+        recorder = next((a for a in feed.addons if a.name == "recorder"), None)
+        if recorder is not None:
+            rec = recorder.status()
+            yield CounterMetricFamily(
+                "upfeed_recorder_frames", "frames written to the recording", value=rec["frames"]
+            )
+            yield CounterMetricFamily(
+                "upfeed_recorder_dropped", "frames not recorded (queue full)", value=rec["dropped"]
+            )
 
     @staticmethod
     def _connections(conns: dict[str, dict[str, Any]]) -> Iterator[Metric]:

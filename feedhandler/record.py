@@ -57,6 +57,7 @@ DEFAULT_QUEUE_FRAMES = 32_768
 _WRITE_CHUNK = 1 << 20
 _IDLE_WAIT_S = 0.01
 _BATCH = 4096
+_DROP_REPORT_INTERVAL_S = 5.0
 
 
 class RecordingError(Exception):
@@ -256,8 +257,19 @@ class Recorder:
         assert writer is not None
         queue = self._queue
         popleft = queue.popleft
+        reported_drops = 0
+        next_drop_report = 0.0
         try:
             while True:
+                if self.dropped != reported_drops and time.monotonic() >= next_drop_report:
+                    reported_drops = self.dropped
+                    next_drop_report = time.monotonic() + _DROP_REPORT_INTERVAL_S
+                    log.warning(
+                        "event=recording_dropped path=%s dropped=%d queue_limit=%d",
+                        self.path,
+                        reported_drops,
+                        self.max_queue,
+                    )
                 pending = len(queue)
                 if not pending:
                     if self._stop.is_set():

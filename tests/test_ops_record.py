@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import subprocess
 import sys
 import time
@@ -82,14 +83,16 @@ def test_foreign_and_unsupported_files_are_refused_with_the_file_name(tmp_path):
     assert MAGIC.startswith(b"UFREC")
 
 
-def test_recorder_never_blocks_and_counts_what_it_could_not_queue(tmp_path):
+def test_recorder_never_blocks_and_counts_what_it_could_not_queue(tmp_path, caplog):
     recorder = Recorder(tmp_path / "r.gz", max_queue=10)
     # Not opened: nothing drains the queue, so the eleventh frame on is dropped.
     for i in range(25):
         recorder.tap("public-0", b"frame", i)
     assert recorder.dropped == 15
-    recorder.open({"markets": []})
-    recorder.stop()
+    with caplog.at_level(logging.WARNING, logger="feedhandler.record"):
+        recorder.open({"markets": []})
+        recorder.stop()
+    assert "event=recording_dropped" in caplog.text and "dropped=15" in caplog.text
     assert [f.recv_ns for f in Recording(tmp_path / "r.gz")] == list(range(10))
     assert recorder.status()["frames"] == 10
 
