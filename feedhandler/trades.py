@@ -23,6 +23,7 @@ from decimal import Decimal
 
 import orjson
 
+from feedhandler.backoff import sleep_interruptibly
 from feedhandler.rest import RestClient, RestError, RestTrade
 
 log = logging.getLogger("feedhandler.trades")
@@ -33,6 +34,8 @@ PublishTrade = Callable[[str, bytes, int, int, bool], None]
 PublishSys = Callable[[str, dict[str, object]], None]
 
 DEDUP_WINDOW = 20_000
+BACKFILL_ATTEMPTS = 5
+BACKFILL_RETRY_BASE = 0.25  # seconds; doubles per attempt (0.25 .. 4 s)
 MAX_BUFFERED = 200_000
 
 
@@ -316,12 +319,30 @@ class Backfiller(threading.Thread):
             if anchor is None:
                 self._sequencer.complete(code, [], None)
                 continue
+            missed, error = self._fetch_with_retries(code, anchor)
+            self._sequencer.complete(code, missed, error)
+
+    def _fetch_with_retries(
+        self, code: str, anchor: tuple[int, int]
+    ) -> tuple[list[RestTrade] | None, str | None]:
+        """Transient REST failures are retried with backoff (live trades keep buffering);
+        a 418 ban is waited out by the rate limiter on the next attempt."""
+        error = ""
+        for attempt in range(BACKFILL_ATTEMPTS):
             try:
                 missed = fetch_missed(
                     self._rest, code, anchor, page_size=self._page_size, max_pages=self._max_pages
                 )
             except RestError as exc:
-                log.warning("event=backfill_failed code=%s error=%r", code, str(exc))
-                self._sequencer.complete(code, None, str(exc))
+                error = str(exc)
+                log.warning(
+                    "event=backfill_retry code=%s attempt=%d error=%r", code, attempt + 1, error
+                )
+                if sleep_interruptibly(self._stop_event, BACKFILL_RETRY_BASE * 2**attempt):
+                    break
                 continue
-            self._sequencer.complete(code, missed, None)
+            return missed, None
+        log.error(
+            "event=backfill_failed code=%s attempts=%d error=%r", code, BACKFILL_ATTEMPTS, error
+        )
+        return None, error or "stopped"
