@@ -1,15 +1,13 @@
 """Routes decoded frames: ticker and order book to shm, the rest to the ZeroMQ bus.
 
 One :class:`Router` is shared by every connection thread. Each shm segment has exactly
-one writer object and the seqlock allows one writer at a time, so each writer is
-guarded by its own lock (uncontended with a single connection: ~0.05 us); the
-publisher locks its socket itself.
+one writer object; the seqlock allows one write at a time, which the writer enforces
+with its own lock, as the publisher does for its socket.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -69,8 +67,6 @@ class Router:
     ) -> None:
         self._ticker_writer = ticker_writer
         self._orderbook_writer = orderbook_writer
-        self._ticker_lock = threading.Lock()
-        self._orderbook_lock = threading.Lock()
         self._bus = bus
         self._trades = trades
         self._on_bad_frame = on_bad_frame
@@ -116,25 +112,23 @@ class Router:
         return handler
 
     def _on_ticker(self, _connection: str, msg: HotTicker, recv_ns: int) -> None:
-        with self._ticker_lock:
-            try:
-                self._ticker_writer.write_ticker(msg, recv_ns)
-            except UnknownSymbolError:
-                self._write_new_symbol(self._ticker_writer, msg, recv_ns)
-            except TypeError as exc:
-                # Valid JSON whose values do not fit the record (an integer beyond 64
-                # bits, say): a bad frame, not a reason to lose the connection thread.
-                raise ProtocolError(f"ticker not storable in shm ({exc})", msg.code) from exc
+        try:
+            self._ticker_writer.write_ticker(msg, recv_ns)
+        except UnknownSymbolError:
+            self._write_new_symbol(self._ticker_writer, msg, recv_ns)
+        except TypeError as exc:
+            # Valid JSON whose values do not fit the record (an integer beyond 64
+            # bits, say): a bad frame, not a reason to lose the connection thread.
+            raise ProtocolError(f"ticker not storable in shm ({exc})", msg.code) from exc
         self.counts["ticker"] += 1
 
     def _on_orderbook(self, _connection: str, msg: HotOrderbook, recv_ns: int) -> None:
-        with self._orderbook_lock:
-            try:
-                self._orderbook_writer.write_orderbook(msg, recv_ns)
-            except UnknownSymbolError:
-                self._write_new_symbol(self._orderbook_writer, msg, recv_ns)
-            except TypeError as exc:
-                raise ProtocolError(f"orderbook not storable in shm ({exc})", msg.code) from exc
+        try:
+            self._orderbook_writer.write_orderbook(msg, recv_ns)
+        except UnknownSymbolError:
+            self._write_new_symbol(self._orderbook_writer, msg, recv_ns)
+        except TypeError as exc:
+            raise ProtocolError(f"orderbook not storable in shm ({exc})", msg.code) from exc
         self.counts["orderbook"] += 1
 
     def _on_trade(self, _connection: str, msg: HotTrade, recv_ns: int) -> None:
