@@ -8,9 +8,12 @@ published on the bus is checked against the simulator's journal of generated tra
 none lost (a hole not announced by ``sys.gap``), none duplicated, none invented, in the
 exchange's order. The feed's resident memory is sampled after a warm-up and at the end.
 
-    python -m bench soak                 # 100 disconnects, about a minute
-    python -m bench soak --long          # 1000 disconnects, about ten minutes
+    python -m bench soak                 # 100 disconnects, under a minute
+    python -m bench soak --long          # 1000 disconnects, about seven minutes
     python -m bench soak --disconnects N --interval S --markets M --rate R
+
+The defaults keep one disconnect per 0.4 s with 2 markets to backfill inside the feed's
+own connect and REST limits; more markets or a shorter interval measure its waiting.
 
 Prints one JSON object. ``tests/test_soak.py`` runs the short form and asserts on the
 counts; this module never asserts.
@@ -283,8 +286,8 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
 def run_soak(
     *,
     disconnects: int = 100,
-    interval: float = 0.5,
-    markets: int = 3,
+    interval: float = 0.4,
+    markets: int = 2,
     rate: float = 150.0,
     seed: int = 21,
     warmup_disconnects: int = 10,
@@ -393,8 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench soak", description=__doc__)
     parser.add_argument("--long", action="store_true", help="1000 disconnects")
     parser.add_argument("--disconnects", type=int, default=None)
-    parser.add_argument("--interval", type=float, default=0.5)
-    parser.add_argument("--markets", type=int, default=3)
+    parser.add_argument("--interval", type=float, default=0.4)
+    parser.add_argument("--markets", type=int, default=2)
     parser.add_argument("--rate", type=float, default=150.0)
     args = parser.parse_args(argv)
     disconnects = args.disconnects or (1000 if args.long else 100)

@@ -469,14 +469,16 @@ def test_wall_clock_jumps_do_not_disturb_the_feed(feed_harness, collectors, tmp_
             wait_until(lambda: len(bus.topics("trade.")) > 20, 15)
             control.register("w-clock", [Subscription("trade", (sim.markets[0],))], 5.0)
             offset_file.write_text("3600")
-            time.sleep(3.0)  # longer than stall_seconds, the lease is 5 s
+            # several stall checks (every 0.2 s) and lease expiry passes (every 0.1 s);
+            # on wall time both would fire at the first pass after an hour's step
+            time.sleep(1.0)
             assert [w["worker_id"] for w in control.call("workers")["workers"]] == ["w-clock"]
             offset_file.write_text("-3600")
             time.sleep(0.5)
             control.register("w-new", [Subscription("trade", (sim.markets[2],))], 30.0)
             wait_until(lambda: sim.markets[2] in trade_sids(bus), 3)
             control.renew("w-clock")
-            time.sleep(2.5)
+            time.sleep(1.0)
             status = control.status()
             conn = status["health"]["connections"]["public-0"]
             assert conn["generation"] == 1, "a clock step must not cost the connection"
