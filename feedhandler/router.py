@@ -30,6 +30,8 @@ RATE_LIMIT_ERROR_NAMES = frozenset(
         "TOO_MANY_REQUESTS",
         "Too Many Requests",
         "too_many_requests",
+        # SPEC.md lists the 418 ban beside 429 as a rate-limit condition of each type
+        "I'm a teapot",
     }
 )
 AUTH_ERROR_NAMES = frozenset({"INVALID_AUTH"})

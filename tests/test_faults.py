@@ -216,8 +216,12 @@ UPBIT_ERROR_NAMES = (
     "NO_TYPE",
     "NO_CODES",
     "INVALID_AUTH",
+    "INVALID_PARAM",
     "TOO_MANY_REQ",
+    "Too Many Requests",
+    "I'm a teapot",
 )
+RATE_LIMIT_NAMES = ["TOO_MANY_REQ", "Too Many Requests", "I'm a teapot"]
 
 
 def test_each_upbit_error_name(feed_harness, collectors, record_property):
@@ -235,7 +239,7 @@ def test_each_upbit_error_name(feed_harness, collectors, record_property):
             time.sleep(0.3)
         errors = [m["data"]["name"] for _, m in bus.topics("sys.error")]
         assert errors == list(UPBIT_ERROR_NAMES)
-        assert [m["data"]["name"] for _, m in bus.topics("sys.rate_limit")] == ["TOO_MANY_REQ"]
+        assert [m["data"]["name"] for _, m in bus.topics("sys.rate_limit")] == RATE_LIMIT_NAMES
         status = feed.connections["public-0"].status()
         assert status["failed"] is None
         # each error-closed session had delivered data, so backoff restarts every time
