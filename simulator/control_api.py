@@ -11,7 +11,8 @@ Routes (all under ``/control``):
 ``POST drop_all``               abort every WebSocket connection (no close frame)
 ``POST stall``                  ``{"connection": id|"all", "seconds": s}``
 ``POST malformed``              ``{"kind", "connection"}``, kind: ``garbage``,
-                                ``truncated_json`` or ``truncated``
+                                ``truncated_json``, ``truncated`` or ``oversized``
+                                (a frame header announcing 64 MiB)
 ``POST restart``                ``{"seconds": s}``: listeners down, then back on the same ports
 ``POST ratelimit_errors``       ``{"count": n, "rest_count": m}``
 ``POST duplicate_trades``       ``{"count": n}``;  ``POST reorder_trades`` ``{"count": n}``

@@ -40,7 +40,7 @@ from simulator.encode import (
     encode_trade,
     is_list_format,
 )
-from simulator.frames import OP_BINARY, Deflater, frame
+from simulator.frames import OP_BINARY, Deflater, frame, header
 from simulator.generator import MarketGenerator, MarketState, Trade
 from simulator.http import HttpServer
 from simulator.journal import ConnectionRecord, Journal
@@ -746,6 +746,10 @@ class Exchange:
                 whole = frame(b'{"type":"trade","code":"KRW-BTC","trade_price":1.0}')
                 transport.write(whole[: len(whole) // 2])
                 self._abort(client, "fault_truncated")
+            elif kind == "oversized":
+                # A header announcing 64 MiB: a client must refuse it from the header
+                # alone (close code 1009), not buffer it.
+                transport.write(header(64 * 1024 * 1024) + b"x" * 1024)
             else:
                 raise ValueError(f"unknown malformed kind {kind!r}")
         return [client.id for client in clients]

@@ -189,7 +189,8 @@ def test_drop_without_close_and_stall(feed_harness, collectors, record_property)
 
 def test_malformed_frames(feed_harness, collectors, record_property):
     """Garbage and truncated JSON are counted and skipped on the same connection; a frame
-    cut off by a dropped socket is a lost connection like any other."""
+    cut off by a dropped socket is a lost connection like any other; a frame larger than
+    the message cap is refused from its header and the connection replaced."""
     with Simulator(markets=3, rate=200.0, seed=33) as sim:
         harness, feed, bus = start(feed_harness, collectors, sim)
         gen = generation(feed)
@@ -204,6 +205,13 @@ def test_malformed_frames(feed_harness, collectors, record_property):
         sim.control.malformed(kind="truncated")
         wait_until(lambda: recovered(feed, bus, before, gen), MAX_RECOVERY_S)
         report(record_property, "truncated_frame_then_drop", time.monotonic() - started)
+        before, gen = len(bus.topics("trade.")), generation(feed)
+        started = time.monotonic()
+        sim.control.malformed(kind="oversized")
+        wait_until(lambda: recovered(feed, bus, before, gen), MAX_RECOVERY_S)
+        report(record_property, "oversized_frame_refused", time.monotonic() - started)
+        reasons = [m["data"]["reason"] for _, m in bus.topics("sys.connection_lost")]
+        assert "exceeds" in reasons[-1], reasons
         settle(sim, feed, bus)
         assert feed.router.counts["bad_frame"] == 2
         assert_nothing_lost(sim, bus)
