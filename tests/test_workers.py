@@ -856,3 +856,18 @@ def test_candles_and_orders_reach_their_hooks_by_topic(feed, ctx):
         ("order", "KRW-BTC", "trade", Decimal("22.467660028283017")),
     ]
     assert feed.registry.desired() == []
+
+
+def test_backfilled_trades_are_marked():
+    from workers.events import TRADE_DECODER
+
+    body = (
+        b'{"seq":1,"recv_ns":5,"data":{"type":"trade","code":"KRW-BTC","trade_price":"100",'
+        b'"trade_volume":"0.5","ask_bid":"BID","sequential_id":17103275719220001,'
+        b'"trade_timestamp":1,"backfill":true}}'
+    )
+    event = TRADE_DECODER.decode(body).data
+    assert event.backfill is True
+    assert event.sequential_id == 17103275719220001
+    live = TRADE_DECODER.decode(body.replace(b',"backfill":true', b"")).data
+    assert live.backfill is False

@@ -46,6 +46,8 @@ class Trade(msgspec.Struct, frozen=True):
     best_bid_size: Decimal | None = None
     stream_type: str = "REALTIME"
     type: str = "trade"
+    #: True for a trade the feed recovered from REST after a gap in the live stream.
+    backfill: bool = False
 
     @property
     def is_buy(self) -> bool:
