@@ -859,8 +859,6 @@ def test_candles_and_orders_reach_their_hooks_by_topic(feed, ctx):
 
 
 def test_backfilled_trades_are_marked():
-    from workers.events import TRADE_DECODER
-
     body = (
         b'{"seq":1,"recv_ns":5,"data":{"type":"trade","code":"KRW-BTC","trade_price":"100",'
         b'"trade_volume":"0.5","ask_bid":"BID","sequential_id":17103275719220001,'
