@@ -65,12 +65,20 @@ def format_status(status: dict[str, Any], *, rates: dict[str, float] | None = No
     """The ``status`` reply as a few readable tables."""
     health = status.get("health", {})
     proc = health.get("process", {})
+    score = health.get("health_score")
     lines = [
-        f"state {status.get('state', '?').upper()}  score {health.get('health_score', 0):.2f}"
+        f"state {status.get('state', '?').upper()}"
+        f"  score {'-' if score is None else f'{score:.2f}'}"
         f"  uptime {_duration(status.get('uptime_s', 0))}  markets {status.get('markets', 0)}"
         f"  rss {proc.get('rss_mb', 0):.1f} MB  threads {proc.get('threads', '-')}",
-        "",
     ]
+    replay = status.get("replay")
+    if replay:
+        lines.append(
+            f"replay {replay.get('path')}: {replay.get('frames', 0):,} frames,"
+            f" {replay.get('errors', 0)} errors"
+        )
+    lines.append("")
     conns = health.get("connections", {})
     if conns:
         lines.append(

@@ -143,7 +143,9 @@ def test_dashboard_shows_live_numbers_offline_without_console_errors(feed_harnes
                     {"type": "ticker", "codes": "all"},
                     {"type": "orderbook", "codes": "all", "depth": 15},
                     {"type": "trade", "codes": "all"},
-                ]
+                ],
+                # The feed shares the test process's memory with the whole suite.
+                "health": {"memory_usage_mb": 1_000_000},
             },
         )
         settings = harness.settings()

@@ -210,6 +210,27 @@ def test_replay_cli_paces_at_the_recorded_speed(feed_harness, tmp_path):
     assert 0.4 <= paced["seconds"] < 1.5
     assert fast["seconds"] < 0.4
 
+    # A replay answers status like a feed, so scripts and workers can watch it.
+    with Replayer(harness.settings(), path) as replayer:
+        replayer.run()
+        status = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "feedhandler",
+                "status",
+                "--config",
+                str(harness.config_path),
+            ],
+            env=harness.process_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert status.returncode == 0, status.stdout
+    assert f"replay {path}: 10 frames, 0 errors" in status.stdout
+
 
 def test_record_command_stops_after_its_duration_and_replays(feed_harness, tmp_path):
     path = tmp_path / "cli.gz"
