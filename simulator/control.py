@@ -98,6 +98,10 @@ class ControlClient:
     def cancel_order(self, uuid: str) -> None:
         self.post("cancel_order", uuid=uuid)
 
+    def rest_outage(self, seconds: float) -> None:
+        """REST answers 503 for ``seconds`` (the WebSocket endpoints stay up)."""
+        self.post("rest_outage", seconds=seconds)
+
     def error(self, name: str, connection: int | str = "all") -> list[int]:
         """Send the error frame ``name`` and close, as after a rejected request."""
         return list(self.post("error", name=name, connection=connection)["sent"])

@@ -22,6 +22,7 @@ Routes (all under ``/control``):
 ``POST fill_order``             ``{"uuid", "volume"?, "price"?}``
 ``POST cancel_order``           ``{"uuid"}``
 ``POST burst``                  ``{"count": n, "connection"?, "types"?}``
+``POST rest_outage``            ``{"seconds": s}``: REST answers 503 for that long
 ``POST error``                  ``{"name", "connection"?}``: error frame ``name``, then close
                                 (as after a rejected request; counts as a violation)
 ``POST inject``                 ``{"frames": [base64, ...], "connection"?, "text"?}``: raw
@@ -184,6 +185,9 @@ class ControlApi:
         if action == "burst":
             count = int(_number(body, "count"))
             return await exchange.burst(count, body.get("connection"), body.get("types"))
+        if action == "rest_outage":
+            exchange.rest_api.outage_until = exchange.monotonic() + _number(body, "seconds")
+            return {}
         if action == "error":
             return {"sent": exchange.error(body.get("connection"), str(body.get("name", "")))}
         if action == "inject":

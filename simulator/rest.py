@@ -74,6 +74,7 @@ class RestApi:
         self.blocked_until: dict[str, float] = {}
         self.block_count: dict[str, int] = {}
         self.forced_errors = 0
+        self.outage_until = 0.0  # monotonic; REST answers 503 until then (fault injection)
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         exchange = self.exchange
@@ -84,6 +85,11 @@ class RestApi:
         if "origin" in request.headers and group in _QUOTATION:
             group = "origin"
         now = exchange.monotonic()
+        if now < self.outage_until:
+            self.exchange.journal.rest.append(
+                {"t": time.time(), "client": ip, "path": request.path, "status": 503}
+            )
+            return HttpResponse(503, b"Service Unavailable", "text/plain; charset=utf-8")
         limited = self._limit(ip, group, now, request.path)
         if limited is not None:
             return limited

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
@@ -31,6 +32,7 @@ from typing import Any
 
 import pytest
 
+import feedhandler.trades as trades_module
 import shm
 from bench.soak import account_trades
 from feedhandler.app import FeedProcess
@@ -275,44 +277,70 @@ def test_rest_429_during_backfill_is_waited_out(feed_harness, collectors, record
         assert_shm_matches_exchange(sim, harness.prefix)
 
 
-def test_rest_418_ban_is_reported_as_a_gap_then_backfill_recovers(
-    feed_harness, collectors, record_property
-):
-    """429s that go on become a 418 ban: the backfill that cannot run announces its gap
-    (``sys.gap``) instead of losing trades silently, and the next gap after the ban is
-    backfilled in full."""
+def test_rest_418_ban_during_backfill_is_waited_out(feed_harness, collectors, record_property):
+    """A 429 that goes on becomes a 418 ban: the backfill waits the ban out (live trades
+    keep buffering) and then fills the gap; nothing is lost and no gap is reported."""
     with Simulator(
         markets=2, rate=150.0, seed=36, rest_teapot_after=1, rest_block_seconds=1.0
     ) as sim:
         harness, feed, bus = start(feed_harness, collectors, sim)
-        sim.control.ratelimit_errors(count=0, rest_count=50)
+        sim.control.ratelimit_errors(count=0, rest_count=2)
         before, gen = len(bus.topics("trade.")), generation(feed)
-        sim.control.drop_all()
-        wait_until(lambda: len(gaps(bus)) == len(sim.markets), 15)
-        wait_until(lambda: recovered(feed, bus, before, gen), MAX_RECOVERY_S)
-        statuses = [r["status"] for r in sim.control.journal(sids=False)["rest"]]
-        assert 418 in statuses, statuses
-        assert feed.limiter.status()["bans"] >= 1
-        sim.control.ratelimit_errors(count=0, rest_count=0)
-        time.sleep(1.5)  # the ban the 418 stated
-        published_before = {c: len(s) for c, s in trade_sids(bus).items()}
-        before, gen = len(bus.topics("trade.")), generation(feed)
-        calls = feed.rest.calls
         started = time.monotonic()
         sim.control.drop_all()
         wait_until(lambda: recovered(feed, bus, before, gen), MAX_RECOVERY_S)
-        # one backfill per code, answered this time (a failure would be a third sys.gap)
+        report(record_property, "rest_418_ban_in_backfill", time.monotonic() - started)
+        statuses = [r["status"] for r in sim.control.journal(sids=False)["rest"]]
+        assert statuses[0] == 429 and 418 in statuses, statuses
+        assert feed.limiter.status()["bans"] >= 1
+        settle(sim, feed, bus)
+        assert_nothing_lost(sim, bus)
+        assert_shm_matches_exchange(sim, harness.prefix)
+
+
+def test_rest_failing_beyond_the_retries_is_reported_as_a_gap(
+    feed_harness, collectors, record_property, monkeypatch
+):
+    """REST down for longer than the backfill retries last: each code's loss is announced
+    (``sys.gap``, never silent), the buffered live trades follow, and the next gap after
+    the outage is backfilled in full."""
+    # The retry schedule is 0.25 s doubling 5 times; a shorter base keeps the test short.
+    monkeypatch.setattr(trades_module, "BACKFILL_RETRY_BASE", 0.02)
+    with Simulator(markets=2, rate=150.0, seed=42) as sim:
+        harness, feed, bus = start(feed_harness, collectors, sim)
+        sim.control.rest_outage(seconds=3.0)
+        before, gen = len(bus.topics("trade.")), generation(feed)
+        started = time.monotonic()
+        # a listener outage long enough for trades to fall into the gap
+        sim.control.restart(seconds=0.5)
+        wait_until(lambda: len(gaps(bus)) == len(sim.markets), MAX_RECOVERY_S)
+        wait_until(lambda: recovered(feed, bus, before, gen), MAX_RECOVERY_S)
+        report(record_property, "rest_outage_gap_reported", time.monotonic() - started)
+        assert {g["code"] for g in gaps(bus)} == set(sim.markets)
+        published_before = {c: len(s) for c, s in trade_sids(bus).items()}
+        wait_until(lambda: rest_answers(sim), 5, interval=0.2)
+        before, gen = len(bus.topics("trade.")), generation(feed)
+        calls = feed.rest.calls
+        sim.control.drop_all()
+        wait_until(lambda: recovered(feed, bus, before, gen), MAX_RECOVERY_S)
+        # one backfill per code, answered this time (a failure would be another sys.gap)
         assert feed.rest.calls >= calls + len(sim.markets)
-        report(record_property, "backfill_after_rest_418_ban", time.monotonic() - started)
         settle(sim, feed, bus)
         result = assert_nothing_lost(sim, bus, allow_reported_gaps=True)
-        assert len(gaps(bus)) == len(sim.markets), "only the banned backfills may leave a gap"
-        # the second gap was filled: every hole lies before what was published pre-drop
+        assert len(gaps(bus)) == len(sim.markets), "only the outage may leave a gap"
+        assert result["lost"] > 0, "the outage must have cost trades, or the test proves nothing"
         sids = trade_sids(bus)
         for code, lost in result["lost_sids"].items():
-            later = sids[code][published_before[code] :]
-            assert not set(lost) & set(later)
+            assert not set(lost) & set(sids[code][published_before[code] :])
         assert_shm_matches_exchange(sim, harness.prefix)
+
+
+def rest_answers(sim: Simulator) -> bool:
+    try:
+        rest_get(sim, f"/v1/ticker?markets={sim.markets[0]}")
+    except urllib.error.HTTPError:
+        return False
+    return True
 
 
 def test_duplicated_trades_are_published_once(feed_harness, collectors):
