@@ -58,6 +58,8 @@ _WRITE_CHUNK = 1 << 20
 _IDLE_WAIT_S = 0.01
 _BATCH = 4096
 _DROP_REPORT_INTERVAL_S = 5.0
+# A sync flush costs a little compression ratio; once a second bounds what a crash loses.
+_SYNC_INTERVAL_S = 1.0
 
 
 class RecordingError(Exception):
@@ -109,10 +111,14 @@ class RecordingWriter:
         if len(self._buffer) >= _WRITE_CHUNK:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, *, sync: bool = False) -> None:
+        """Hand buffered records to the compressor; ``sync`` also pushes the compressed
+        bytes to the file, so a killed recorder leaves a readable prefix behind."""
         if self._buffer:
             self._file.write(self._buffer)
             self._buffer.clear()
+        if sync:
+            self._file.flush()
 
     def close(self) -> None:
         self.flush()
@@ -259,8 +265,12 @@ class Recorder:
         popleft = queue.popleft
         reported_drops = 0
         next_drop_report = 0.0
+        next_sync = time.monotonic() + _SYNC_INTERVAL_S
         try:
             while True:
+                if time.monotonic() >= next_sync:
+                    writer.flush(sync=True)
+                    next_sync = time.monotonic() + _SYNC_INTERVAL_S
                 if self.dropped != reported_drops and time.monotonic() >= next_drop_report:
                     reported_drops = self.dropped
                     next_drop_report = time.monotonic() + _DROP_REPORT_INTERVAL_S

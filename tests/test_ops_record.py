@@ -285,3 +285,57 @@ def test_record_command_stops_after_its_duration_and_replays(feed_harness, tmp_p
     assert stats["frames"] == sum(1 for _ in recording) > 100
     assert stats["errors"] == 0
     assert not (SHM_DIR / f"{harness.prefix}.ticker").exists()
+
+
+def test_a_killed_recorder_leaves_a_readable_recording(feed_harness, tmp_path):
+    path = tmp_path / "killed.gz"
+    with Simulator(markets=3, rate=300.0, seed=12) as sim:
+        harness = feed_harness(sim, {"subscriptions": PUBLIC})
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "feedhandler",
+                "record",
+                "--config",
+                str(harness.config_path),
+                "--out",
+                str(path),
+            ],
+            env=harness.process_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            # Past the first periodic sync flush, with frames flowing.
+            wait_until(lambda: path.exists() and path.stat().st_size > 20_000, 15, interval=0.1)
+        finally:
+            proc.kill()
+            proc.wait(10)
+    recording = Recording(path)
+    frames = list(recording)
+    assert recording.truncated
+    assert len(frames) > 100
+    assert all(orjson.loads(f.frame) for f in frames)
+
+
+def test_frames_reach_the_file_within_about_a_second_while_recording(tmp_path):
+    path = tmp_path / "live.gz"
+    recorder = Recorder(path)
+    recorder.open({"markets": []})
+    try:
+        for i in range(3):
+            recorder.tap("public-0", b'{"status":"UP"}', i)
+
+        def readable() -> list:
+            try:
+                return [f.recv_ns for f in Recording(path)]
+            except RecordingError:  # not even the header has reached the file yet
+                return []
+
+        # Far too little data for zlib to emit a block on its own: only the sync flush
+        # puts these frames into the file before it is closed.
+        assert wait_until(lambda: readable() == [0, 1, 2], 5, interval=0.1)
+    finally:
+        recorder.stop()
+    assert not Recording(path).truncated
