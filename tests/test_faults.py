@@ -57,10 +57,13 @@ def recovery_report(pytestconfig: pytest.Config) -> Iterator[None]:
     """Print every fault's recovery time once the module's tests have run."""
     yield
     reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None or not _recoveries:
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None or not _recoveries:
         return
-    reporter.write_line("")
-    reporter.write_line("fault recovery times (s): " + json.dumps(_recoveries, sort_keys=True))
+    # module teardown output is captured (and dropped when the tests pass)
+    with capture.global_and_fixture_disabled():
+        reporter.write_line("")
+        reporter.write_line("fault recovery times (s): " + json.dumps(_recoveries, sort_keys=True))
 
 
 def report(record_property: Any, fault: str, seconds: float) -> None:
