@@ -234,7 +234,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m feedhandler", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m feedhandler",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the feed process")
@@ -265,7 +269,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay = commands.add_parser("replay", help="feed a recording through shm and the bus")
     replay.add_argument("file", help="a recording (FILE.gz)")
     replay.add_argument("--config", required=True, help="shm prefix and bus endpoints to use")
-    replay.add_argument("--speed", type=_speed, default="1.0", help="1.0 = recorded pace, max")
+    replay.add_argument(
+        "--speed",
+        type=_speed,
+        default="1.0",
+        help="1.0 = recorded pace, 2 = twice as fast, max = as fast as possible",
+    )
     replay.add_argument(
         "--keep-timestamps", action="store_true", help="stamp with the recorded receive times"
     )
