@@ -107,6 +107,44 @@ def test_a_whole_run_with_known_keys_never_shows_them(feed_harness):
     assert_no_secret(answers, "control answers")
 
 
+def test_crash_output_shows_no_keys(feed_harness):
+    """A feed process that dies of a fatal signal with its private stream up: the crash
+    report (every thread's stack, from faulthandler) carries no key and no token."""
+    with Simulator(markets=2, rate=100.0, access_key=ACCESS, secret_key=SECRET) as sim:
+        harness = feed_harness(sim, {"subscriptions": PRIVATE_AND_PUBLIC})
+        env = {
+            **harness.process_env(),
+            "UPBIT_ACCESS_KEY": ACCESS,
+            "UPBIT_SECRET_KEY": SECRET,
+            "PYTHONFAULTHANDLER": "1",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "feedhandler", "run", "--config", str(harness.config_path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until(
+                lambda: any(
+                    c["path"].endswith("/private") and c["requests"]
+                    for c in sim.control.journal(sids=False)["connections"]
+                ),
+                20,
+            )
+            proc.send_signal(signal.SIGSEGV)
+            out, _ = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=5)
+    assert proc.returncode == -signal.SIGSEGV
+    # the report is there, with the stacks of the connection threads
+    assert b"Fatal Python error: Segmentation fault" in out
+    assert out.count(b"Thread 0x") >= 3
+    assert_no_secret(out, "the crash output")
+
+
 def test_a_start_that_fails_on_config_does_not_echo_the_keys(tmp_path: Path):
     config = tmp_path / "feed.yaml"
     config.write_text("subscriptions:\n  - type: myAsset\n")
