@@ -238,6 +238,9 @@ th:first-child,td:first-child{text-align:left}
 const $ = (id) => document.getElementById(id);
 const fmt = (v, d = 0) => v === null || v === undefined ? "-" :
   Number(v).toLocaleString("en-US", {minimumFractionDigits: d, maximumFractionDigits: d});
+// Prices keep every significant digit the exchange sent (BTC-quoted markets are tiny).
+const price = (v) => v === null || v === undefined ? "-" :
+  Number(v).toLocaleString("en-US", {maximumFractionDigits: 8});
 const us = (s) => s === null || s === undefined ? "-" :
   (s === Infinity ? "inf" : fmt(s * 1e6, 0) + " us");
 function fillTable(id, rows) {
@@ -265,8 +268,8 @@ function drawHistogram(h) {
     bars.push(bar);
     const label = document.createElement("span");
     const b = Number(h.bounds[i]);
-    label.textContent = isFinite(b) ?
-      (b >= 1e-3 ? fmt(b * 1e3, 1) + "ms" : fmt(b * 1e6) + "us") : "inf";
+    label.textContent = !isFinite(b) ? "inf" : b >= 1 ? fmt(b, 1) + "s" :
+      b >= 1e-3 ? fmt(b * 1e3, b < 1e-2 ? 1 : 0) + "ms" : fmt(b * 1e6) + "us";
     labels.push(label);
   });
   $("hist").replaceChildren(...bars);
@@ -292,8 +295,8 @@ function render(s) {
   fillTable("conns", s.connections.map((c) => [c.name, c.connected ? "yes" : "no",
     fmt(c.messages_total), fmt(c.messages_per_s, 1), fmt(c.reconnects), fmt(c.errors),
     fmt(c.silence_s, 1), fmt(c.health_score, 2)]));
-  fillTable("markets", s.markets.map((m) => [m.code, fmt(m.trade_price, 2),
-    m.change_rate === null ? "-" : fmt(m.change_rate * 100, 2), fmt(m.bid, 2), fmt(m.ask, 2),
+  fillTable("markets", s.markets.map((m) => [m.code, price(m.trade_price),
+    m.change_rate === null ? "-" : fmt(m.change_rate * 100, 2), price(m.bid), price(m.ask),
     fmt(m.updates), fmt(m.updates_per_s, 1), fmt(m.age_s, 1)]));
   const warnings = s.warnings.length ? s.warnings : ["none"];
   $("warnings").replaceChildren(...warnings.map((w) => {

@@ -326,7 +326,8 @@ class Telemetry:
                 "volume_24h": _num(t["acc_trade_price_24h"]) if has_ticker else None,
                 "bid": _num(b["levels"][0]["bid_price"]) if has_book else None,
                 "ask": _num(b["levels"][0]["ask_price"]) if has_book else None,
-                "age_s": round((now_ns - newest) * 1e-9, 3),
+                # Records written after now_ns was read are simply fresh.
+                "age_s": round(max(0, now_ns - newest) * 1e-9, 3),
             }
             rows.append(row)
         return rows
