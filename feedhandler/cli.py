@@ -178,7 +178,13 @@ def _replay(args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
     speed = None if args.speed == "max" else float(args.speed)
     try:
-        replayer = Replayer(settings, args.file, speed=speed, keep_timestamps=args.keep_timestamps)
+        replayer = Replayer(
+            settings,
+            args.file,
+            speed=speed,
+            keep_timestamps=args.keep_timestamps,
+            preload=args.preload,
+        )
     except (RecordingError, ValueError) as exc:
         print(f"replay: {exc}", file=sys.stderr)
         return EXIT_DOWN
@@ -277,6 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     replay.add_argument(
         "--keep-timestamps", action="store_true", help="stamp with the recorded receive times"
+    )
+    replay.add_argument(
+        "--preload",
+        action="store_true",
+        help="decompress the whole file first, so --speed max times the feed path alone",
     )
     replay.add_argument(
         "--hold", type=float, default=0.0, help="seconds to keep shm and the bus up afterwards"

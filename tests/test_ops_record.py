@@ -148,7 +148,7 @@ def test_replay_reproduces_shm_records_and_published_trades(feed_harness, collec
 
     replay_prefix = f"{SESSION_PREFIX}{uuid.uuid4().hex[:8]}"
     settings = harness.settings({"UPFEED__SHM__PREFIX": replay_prefix})
-    with Replayer(settings, path, speed=None, keep_timestamps=True) as replayer:
+    with Replayer(settings, path, speed=None, keep_timestamps=True, preload=True) as replayer:
         bus = collectors(replayer.publisher.endpoint, (b"trade.", b"sys.probe"))
         _sync_collector(replayer.publisher, bus)
         stats = replayer.run()
