@@ -41,6 +41,7 @@ from shm import OrderbookWriter, TickerWriter
 log = logging.getLogger("feedhandler.app")
 
 HOUSEKEEPING_INTERVAL = 0.5
+PROCESS_CHECK_EVERY = 10  # housekeeping ticks between psutil readings (5 s)
 STOP_JOIN_SECONDS = 1.0
 
 
@@ -323,22 +324,41 @@ class FeedProcess:
     # -- housekeeping ----------------------------------------------------------------
 
     def _housekeeping(self) -> None:
-        warned: set[str] = set()
+        active: dict[tuple[str, str], str] = {}
+        ticks = 0
+        process_warnings: list[str] = []
         while not sleep_interruptibly(self._stop, HOUSEKEEPING_INTERVAL):
             for writer in (self.ticker_writer, self.orderbook_writer):
                 if writer is not None and not writer.closed:
                     writer.heartbeat()
             self._bad_frames.flush_due()
+            if ticks % PROCESS_CHECK_EVERY == 0:
+                process_warnings = process_health(self.settings.health.memory_usage_mb).get(
+                    "warnings", []
+                )
+            ticks += 1
+            now_active = {("process", w.split(" ", 1)[0]): w for w in process_warnings}
             for name, conn in list(self.connections.items()):
                 for warning in conn.health.snapshot().get("warnings", []):
-                    key = f"{name}:{warning}"
-                    if key not in warned:
-                        warned.add(key)
-                        log.warning("event=health_warning connection=%s warning=%r", name, warning)
-                        if self.publisher is not None:
-                            self.publisher.publish_sys(
-                                "health_warning", {"connection": name, "warning": warning}
-                            )
+                    now_active[(name, warning.split(" ", 1)[0])] = warning
+            self._report_warnings(active, now_active)
+            active = now_active
+
+    def _report_warnings(
+        self, before: dict[tuple[str, str], str], now: dict[tuple[str, str], str]
+    ) -> None:
+        """Each threshold crossing is logged and published once, and so is its end."""
+        for (source, check), warning in now.items():
+            if (source, check) not in before:
+                log.warning("event=health_warning source=%s warning=%r", source, warning)
+                if self.publisher is not None:
+                    self.publisher.publish_sys(
+                        "health_warning", {"source": source, "warning": warning}
+                    )
+        for source, check in before.keys() - now.keys():
+            log.info("event=health_recovered source=%s check=%s", source, check)
+            if self.publisher is not None:
+                self.publisher.publish_sys("health_recovered", {"source": source, "check": check})
 
     # -- status ----------------------------------------------------------------------
 
