@@ -10,7 +10,18 @@ import importlib
 import re
 import sys
 
-ALL = ("codec", "wsrecv", "shm", "simulator_burst")
+ALL = (
+    "codec",
+    "wsrecv",
+    "shm",
+    "simulator_burst",
+    "feed",
+    "batching",
+    "reconnect",
+    "memory",
+    "peers",
+    "report",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

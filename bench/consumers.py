@@ -1,0 +1,226 @@
+"""Consumer processes for the system benchmarks: a shm reader and a ZeroMQ subscriber.
+
+    python -m bench.consumers shm --prefix P [--kinds ticker,orderbook] [--spin]
+    python -m bench.consumers zmq --endpoint E [--topic trade.]
+
+Each prints ``{"ready": true}`` once attached/connected, then obeys one command per
+stdin line: ``reset`` (zero the counters), ``report`` (print the figures so far as
+one JSON line) and ``stop`` (report and exit). Latency is ``time.time_ns()`` when the
+consumer holds the message minus its ``origin_ns`` (the simulator's send stamp), in
+microseconds; clocks are on one host.
+
+The shm reader polls both rings' heads in a loop that yields the CPU between checks
+(``os.sched_yield``): a pure spin would take a core from the feed on a 2-core box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+import shm
+
+CDF_POINTS = np.concatenate([np.linspace(0, 99, 100), np.linspace(99.1, 100, 10)])
+
+
+class Commands:
+    """stdin commands read on a thread; the receive loop checks ``pending`` cheaply."""
+
+    def __init__(self) -> None:
+        self.pending: str | None = None
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for line in sys.stdin:
+            self.done.clear()
+            self.pending = line.strip()
+            self.done.wait()
+        self.pending = "stop"
+
+    def take(self) -> str:
+        command, self.pending = self.pending or "", None
+        self.done.set()
+        return command
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0
+        self.by_kind: dict[str, int] = {}
+        self.gaps = 0
+        self.latencies: list[np.ndarray] = []
+        self.started = time.perf_counter()
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def report(self, extra: dict[str, Any]) -> dict[str, Any]:
+        lat = np.concatenate(self.latencies) if self.latencies else np.empty(0)
+        lat = lat[lat > 0] / 1000.0 if lat.size else lat
+        out: dict[str, Any] = {
+            "count": self.count,
+            "by_kind": self.by_kind,
+            "gaps": self.gaps,
+            "seconds_first_to_last": (
+                None if self.first is None or self.last is None else self.last - self.first
+            ),
+            **extra,
+        }
+        if lat.size:
+            p50, p99, p999 = np.percentile(lat, [50, 99, 99.9])
+            out["latency_us"] = {
+                "n": int(lat.size),
+                "p50": round(float(p50), 1),
+                "p99": round(float(p99), 1),
+                "p99.9": round(float(p999), 1),
+                "max": round(float(lat.max()), 1),
+                "cdf_percent": CDF_POINTS.round(2).tolist(),
+                "cdf_us": np.percentile(lat, CDF_POINTS).round(1).tolist(),
+            }
+        else:
+            out["latency_us"] = {"n": 0}
+        return out
+
+
+def emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def run_shm(prefix: str, kinds: list[str], spin: bool) -> int:
+    readers = [shm.attach(prefix, kind, timeout=10.0) for kind in kinds]
+    cursors = [r.head for r in readers]
+    stats = Stats()
+    commands = Commands()
+    overrun_total = 0
+    emit({"ready": True, "heads": cursors})
+    now_ns = time.time_ns
+    yield_cpu = os.sched_yield
+    while True:
+        if commands.pending is not None:
+            command = commands.take()
+            if command == "reset":
+                stats.reset()
+                overrun_total = 0
+                emit({"ok": True})
+            elif command in ("report", "stop"):
+                emit(stats.report({"overrun": overrun_total, "heads": cursors}))
+                if command == "stop":
+                    break
+        idle = True
+        for i, reader in enumerate(readers):
+            if reader.head == cursors[i]:
+                continue
+            records, cursors[i], overrun = reader.since(cursors[i])
+            now = now_ns()
+            idle = False
+            n = len(records)
+            if stats.first is None:
+                stats.first = time.perf_counter()
+            stats.last = time.perf_counter()
+            stats.count += n
+            kind = kinds[i]
+            stats.by_kind[kind] = stats.by_kind.get(kind, 0) + n
+            overrun_total += overrun
+            stats.gaps += overrun
+            if n:
+                stats.latencies.append(now - records["origin_ns"])
+        if idle and not spin:
+            yield_cpu()
+    for reader in readers:
+        reader.close()
+    return 0
+
+
+def run_zmq(endpoint: str, topic: str) -> int:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.SUB)
+    sock.linger = 0
+    sock.rcvhwm = 0
+    sock.subscribe(topic.encode())
+    sock.connect(endpoint)
+    # A PUB/SUB subscription takes a moment to reach the publisher.
+    time.sleep(0.3)
+    stats = Stats()
+    commands = Commands()
+    seqs: dict[bytes, int] = {}
+    emit({"ready": True})
+    recv = sock.recv
+    poll = sock.poll
+    now_ns = time.time_ns
+    batch: list[int] = []
+    origin_key = b'"origin_ns":'
+    while True:
+        if commands.pending is not None:
+            if batch:
+                stats.latencies.append(np.array(batch, dtype=np.int64))
+                batch = []
+            command = commands.take()
+            if command == "reset":
+                stats.reset()
+                emit({"ok": True})
+            elif command in ("report", "stop"):
+                emit(stats.report({"topics": len(seqs)}))
+                if command == "stop":
+                    break
+        if not poll(20):
+            continue
+        while True:
+            try:
+                frame = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            now = now_ns()
+            space = frame.index(b" ")
+            name = frame[:space]
+            # The envelope starts with {"seq":N, (publisher.encode_frame).
+            seq = int(frame[space + 8 : frame.index(b",", space)])
+            previous = seqs.get(name)
+            if previous is not None and seq != previous + 1:
+                stats.gaps += seq - previous - 1
+            seqs[name] = seq
+            at = frame.find(origin_key, space)
+            if at > 0:
+                start = at + len(origin_key)
+                batch.append(now - int(frame[start : frame.index(b",", start)]))
+            stats.count += 1
+            if stats.first is None:
+                stats.first = time.perf_counter()
+        stats.last = time.perf_counter()
+        if len(batch) > 4096:
+            stats.latencies.append(np.array(batch, dtype=np.int64))
+            batch = []
+    sock.close(0)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.consumers")
+    sub = parser.add_subparsers(dest="kind", required=True)
+    s = sub.add_parser("shm")
+    s.add_argument("--prefix", required=True)
+    s.add_argument("--kinds", default="ticker,orderbook")
+    s.add_argument("--spin", action="store_true", help="never yield the CPU between checks")
+    z = sub.add_parser("zmq")
+    z.add_argument("--endpoint", required=True)
+    z.add_argument("--topic", default="trade.")
+    args = parser.parse_args(argv)
+    if args.kind == "shm":
+        return run_shm(args.prefix, [k for k in args.kinds.split(",") if k], args.spin)
+    return run_zmq(args.endpoint, args.topic)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,449 @@
+"""The whole feed: throughput with no loss, latency at paced rates, and where the time goes.
+
+Processes: the simulator (``python -m simulator serve --stamp``), the feed process
+(``python -m feedhandler run``, ticker + 15-level orderbook + trade for ``--markets``
+markets), and consumers (:mod:`bench.consumers`: a shm reader, a ZeroMQ subscriber).
+
+Throughput (scenario 1)
+    For each message type and a mix, ``burst`` writes N pre-built frames to the feed's
+    connection as fast as TCP drains them (the simulator is never the limit: see
+    ``bench.simulator_burst``), so the feed runs flat out. The rate is counted on the
+    feed's own router counters (first to last frame); loss is checked three ways: the
+    router saw every frame the simulator sent, the shm heads advanced by every ticker
+    and orderbook written, and the ZeroMQ subscriber got every trade with no hole in
+    the per-topic ``seq``. CPU seconds of the feed process give messages per core.
+    Floor in the same run: the plain websocket-client + orjson loop
+    (``bench/peers/floor.py``) on the same burst.
+
+Latency (scenario 2)
+    The simulator paced at R msgs/s (R/3 events/s, each a ticker, a book and a trade);
+    ``now - origin_ns`` at a shm reader (ticker + orderbook records) and at a ZeroMQ
+    subscriber (trades), then the floor loop on the same stream.
+
+Stages ("where the time goes"), in this process on the same kind of frames:
+    frame parse (FrameParser over in-memory bytes), HotDecoder.decode, shm
+    write_ticker / write_orderbook, trade_to_json + Publisher.publish, and the whole
+    Router.route per frame. Their sum against the end-to-end cost per message.
+
+    python -m bench feed [--quick] [--frames N] [--rates 1000,5000,10000] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from bench.harness import (
+    BenchError,
+    FeedRun,
+    SimProcess,
+    emit,
+    feed_config,
+    floor_consumer,
+    machine_info,
+    new_connection,
+    ratio,
+    shm_consumer,
+    wait_for,
+    zmq_consumer,
+)
+from feedhandler.publisher import Publisher
+from feedhandler.router import Router, publish_trade_to
+from feedhandler.trades import TradeSequencer
+from feedhandler.upbit.hot import HotDecoder, trade_to_json
+from feedhandler.wsframe import FrameParser, build_frame
+from shm import OrderbookWriter, TickerWriter
+from simulator.encode import encode_orderbook, encode_ticker, encode_trade
+from simulator.generator import MarketGenerator
+from simulator.markets import market_list
+
+TYPES = ("ticker", "orderbook", "trade")
+BURST_SETS: dict[str, list[str]] = {
+    "trade": ["trade"],
+    "ticker": ["ticker"],
+    "orderbook": ["orderbook"],
+    "mixed": ["trade", "ticker", "orderbook"],
+}
+BOOK_DEPTH = 15
+POLL_SECONDS = 0.05
+
+
+def subscriptions(codes: list[str]) -> list[dict[str, Any]]:
+    return [
+        {"type": "ticker", "codes": codes},
+        {"type": "orderbook", "codes": codes, "depth": BOOK_DEPTH},
+        {"type": "trade", "codes": codes},
+    ]
+
+
+def _routed(feed: FeedRun) -> dict[str, int]:
+    counts = feed.metrics().get("messages", {})
+    return {kind: int(counts.get(kind, 0)) for kind in TYPES}
+
+
+def feed_burst(
+    sim: SimProcess, feed: FeedRun, conn_id: int, bus: Any, types: list[str], frames: int
+) -> dict[str, Any]:
+    """One burst into the feed; the rate on its router counters and every loss check."""
+    bus.command("reset")
+    routed0 = _routed(feed)
+    heads0 = feed.heads()
+    pub0 = feed.metrics()["publisher"]
+    cpu0 = feed.cpu_seconds()
+    reply: dict[str, Any] = {}
+    caller = threading.Thread(
+        target=lambda: reply.update(sim.control.burst(frames, conn_id, types)), daemon=True
+    )
+    base = sum(routed0.values())
+    samples: list[tuple[float, int]] = []
+    caller.start()
+    deadline = time.monotonic() + max(60.0, frames / 5000)
+    while True:
+        now = time.perf_counter()
+        total = sum(_routed(feed).values())
+        samples.append((now, total - base))
+        if total - base >= frames or time.monotonic() > deadline:
+            break
+        # Each poll is a control request the feed answers on another thread: rare
+        # enough not to take the GIL from the connection thread noticeably.
+        time.sleep(POLL_SECONDS)
+    caller.join(30)
+    cpu = feed.cpu_seconds() - cpu0
+    routed1 = _routed(feed)
+    delta = {k: routed1[k] - routed0[k] for k in TYPES}
+    trades = delta["trade"]
+    got = wait_for(
+        lambda: (r := bus.command("report"))["count"] >= trades and r, 10.0, 0.05, "bus trades"
+    )
+    heads1 = feed.heads()
+    pub1 = feed.metrics()["publisher"]
+    first = next((s for s in samples if s[1] > 0), samples[-1])
+    last = samples[-1]
+    seconds = last[0] - first[0]
+    rate = (last[1] - first[1]) / seconds if seconds > 0 else None
+    shm_written = {k: heads1[k] - heads0[k] for k in ("ticker", "orderbook")}
+    return {
+        "types": types,
+        "frames": frames,
+        "simulator_sent": reply.get("sent"),
+        "routed": delta,
+        "msgs_per_s": round(rate) if rate else None,
+        "feed_cpu_seconds": round(cpu, 3),
+        "msgs_per_cpu_second": round(frames / cpu) if cpu > 0 else None,
+        "cores_used": round(cpu / seconds, 2) if seconds > 0 else None,
+        "shm_written": shm_written,
+        "bus_received": got["count"],
+        "bus_seq_gaps": got["gaps"],
+        "publisher_dropped": int(pub1["dropped"]) - int(pub0["dropped"]),
+        "no_loss": (
+            sum(delta.values()) == frames == reply.get("sent")
+            and shm_written["ticker"] == delta["ticker"]
+            and shm_written["orderbook"] == delta["orderbook"]
+            and got["count"] == trades
+            and got["gaps"] == 0
+        ),
+    }
+
+
+def floor_burst(sim: SimProcess, codes: list[str], types: list[str], frames: int) -> dict[str, Any]:
+    before = sim.control.status()["connections"]
+    with floor_consumer(sim, codes, ",".join(types), book_depth=BOOK_DEPTH) as floor:
+        conn_id = new_connection(sim, before)
+        floor.command("reset")
+        reply = sim.control.burst(frames, conn_id, types)
+        report = wait_for(
+            lambda: (r := floor.command("report"))["count"] >= frames and r,
+            max(60.0, frames / 2000),
+            0.1,
+            "the floor loop to receive the burst",
+        )
+    return {
+        "types": types,
+        "frames": frames,
+        "simulator_sent": reply.get("sent"),
+        "received": report["count"],
+        "msgs_per_s": report["msgs_per_s"],
+    }
+
+
+def floor_latency(sim: SimProcess, codes: list[str], rate: float, seconds: float) -> dict[str, Any]:
+    with floor_consumer(sim, codes, ",".join(TYPES), book_depth=BOOK_DEPTH) as floor:
+        sim.control.set_rate(rate / len(TYPES))
+        time.sleep(0.3)
+        floor.command("reset")
+        time.sleep(seconds)
+        report = floor.command("stop")
+        sim.control.set_rate(0)
+    return {"received": report["count"], "latency_us": report["latency_us"]}
+
+
+def feed_latency(
+    sim: SimProcess, feed: FeedRun, rate: float, seconds: float
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    sim.control.set_rate(rate / len(TYPES))
+    try:
+        for name, make in (
+            ("wire_to_shm", lambda: shm_consumer(feed.prefix)),
+            ("wire_to_zmq_worker", lambda: zmq_consumer(feed.pub_endpoint)),
+        ):
+            with make() as consumer:
+                time.sleep(0.3)
+                consumer.command("reset")
+                load = _load1()
+                time.sleep(seconds)
+                report = consumer.command("stop")
+            out[name] = {
+                "received": report["count"],
+                "gaps": report["gaps"],
+                "latency_us": report["latency_us"],
+                "load_avg_1m": load,
+            }
+    finally:
+        sim.control.set_rate(0)
+    return out
+
+
+def _load1() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+# ---------------------------------------------------------------------- stage costs
+
+
+def _best_ns(fn: Callable[[], int], repeats: int = 3) -> float:
+    """Best ns per item of ``fn`` (which returns how many items it processed)."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter_ns()
+        n = fn()
+        best = min(best, (time.perf_counter_ns() - started) / max(n, 1))
+    return round(best, 1)
+
+
+def stage_costs(events: int) -> dict[str, Any]:
+    """Per-message cost of each stage of the feed's hot path, in this process (ns)."""
+    markets = market_list(20)
+    codes = [m.code for m in markets]
+    generator = MarketGenerator(markets, seed=7)
+    stamp = b',"sim_ns":%d}' % time.time_ns()
+    payloads: dict[str, list[bytes]] = {k: [] for k in TYPES}
+    now_ms = int(time.time() * 1000)
+    for i in range(events):
+        code = codes[i % len(codes)]
+        trade = generator.trade_in(code, now_ms + i)
+        state = generator.states[code]
+        book = state.book(BOOK_DEPTH, 0)
+        assert book is not None
+        payloads["trade"].append(encode_trade(trade, "DEFAULT", "REALTIME")[:-1] + stamp)
+        payloads["ticker"].append(encode_ticker(state, "DEFAULT", "REALTIME")[:-1] + stamp)
+        payloads["orderbook"].append(
+            encode_orderbook(state, book, "DEFAULT", "REALTIME", state.book_timestamp)[:-1] + stamp
+        )
+    mixed = [p for triple in zip(*(payloads[k] for k in TYPES), strict=True) for p in triple]
+    stream = b"".join(build_frame(0x2, p, mask_key=None) for p in mixed)
+
+    def parse() -> int:
+        parser = FrameParser()
+        source = memoryview(stream)
+        offset = n = 0
+        while offset < len(source):
+            free = parser.recv_buffer()
+            size = min(len(free), len(source) - offset)
+            free[:size] = source[offset : offset + size]
+            offset += size
+            parser.commit(size)
+            n += len(parser.messages())
+        return n
+
+    decoder = HotDecoder()
+    decoded = {k: [decoder.decode(p) for p in payloads[k]] for k in TYPES}
+    out: dict[str, Any] = {"frames_per_type": events, "book_depth": BOOK_DEPTH}
+    out["parse_mixed"] = _best_ns(parse)
+    for kind in TYPES:
+        items = payloads[kind]
+        out[f"decode_{kind}"] = _best_ns(
+            lambda items=items: sum(1 for p in items if decoder.decode(p) is not None)
+        )
+    prefix = f"ufb-stage-{uuid.uuid4().hex[:6]}"
+    workdir = tempfile.mkdtemp(prefix="ufb-", dir="/tmp")
+    ticker_writer = TickerWriter(prefix, codes, capacity=65536)
+    book_writer = OrderbookWriter(prefix, codes, capacity=65536)
+    publisher = Publisher(f"ipc://{workdir}/stage.pub", sndhwm=1_000_000)
+    try:
+        tickers, books, trades = decoded["ticker"], decoded["orderbook"], decoded["trade"]
+
+        def write_tickers() -> int:
+            for msg in tickers:
+                ticker_writer.write_ticker(msg, 1)
+            return len(tickers)
+
+        def write_books() -> int:
+            for msg in books:
+                book_writer.write_orderbook(msg, 1)
+            return len(books)
+
+        def publish() -> int:
+            for msg in trades:
+                publisher.publish(b"trade." + msg.code.encode(), trade_to_json(msg), 1, 1)
+            return len(trades)
+
+        out["shm_write_ticker"] = _best_ns(write_tickers)
+        out["shm_write_orderbook"] = _best_ns(write_books)
+        out["trade_json_and_publish"] = _best_ns(publish)
+        sequencer = TradeSequencer(publish_trade_to(publisher), publisher.publish_sys)
+        router = Router(
+            ticker_writer=ticker_writer,
+            orderbook_writer=book_writer,
+            bus=publisher,
+            trades=sequencer,
+        )
+        # One pass only: a trade routed twice is a duplicate and takes a shorter path.
+        out["route_mixed"] = _best_ns(
+            lambda: sum(1 for p in mixed if router.route("b", decoder, p, 1) is None), repeats=1
+        )
+    finally:
+        publisher.close()
+        ticker_writer.close(unlink=True)
+        book_writer.close(unlink=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+    per_kind = {
+        "ticker": out["decode_ticker"] + out["shm_write_ticker"],
+        "orderbook": out["decode_orderbook"] + out["shm_write_orderbook"],
+        "trade": out["decode_trade"] + out["trade_json_and_publish"],
+    }
+    out["parse_plus_route_mixed"] = round(out["parse_mixed"] + out["route_mixed"], 1)
+    out["stage_sum_mixed"] = round(out["parse_mixed"] + sum(per_kind.values()) / 3, 1)
+    out["bare_pipeline_msgs_per_s"] = round(1e9 / out["parse_plus_route_mixed"])
+    return out
+
+
+# ---------------------------------------------------------------------- main
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    rates = [float(r) for r in args.rates.split(",") if r]
+    result: dict[str, Any] = {
+        "bench": "feed",
+        "mode": "quick" if args.quick else "default",
+        "machine_before": machine_info(),
+        "settings": {
+            "frames_per_burst": args.frames,
+            "markets": args.markets,
+            "rates_msgs_per_s": rates,
+            "latency_seconds": args.seconds,
+            "book_depth": BOOK_DEPTH,
+        },
+    }
+    with SimProcess(markets=args.markets, rate=0, stamp=True) as sim:
+        codes = sim.control.status()["markets"][: args.markets]
+        floor_tp = {
+            name: floor_burst(sim, codes, types, args.frames)
+            for name, types in BURST_SETS.items()
+            if name in args.burst_sets
+        }
+        floor_lat = {str(int(r)): floor_latency(sim, codes, r, args.seconds) for r in rates}
+        before = sim.control.status()["connections"]
+        with FeedRun(sim, feed_config(subscriptions(codes))) as feed:
+            conn_id = new_connection(sim, before)
+            rss_idle = feed.rss_mb()
+            with zmq_consumer(feed.pub_endpoint) as bus:
+                feed_tp = {
+                    name: feed_burst(sim, feed, conn_id, bus, types, args.frames)
+                    for name, types in BURST_SETS.items()
+                    if name in args.burst_sets
+                }
+            feed_lat = {str(int(r)): feed_latency(sim, feed, r, args.seconds) for r in rates}
+            rss_after = feed.rss_mb()
+    throughput: dict[str, Any] = {}
+    for name, run_ in feed_tp.items():
+        floor_rate = floor_tp[name]["msgs_per_s"]
+        throughput[name] = {
+            **run_,
+            "floor_msgs_per_s": floor_rate,
+            "vs_floor": ratio(run_["msgs_per_s"], floor_rate),
+        }
+    latency: dict[str, Any] = {}
+    for key, feed_run in feed_lat.items():
+        floor_p99 = floor_lat[key]["latency_us"].get("p99")
+        entry: dict[str, Any] = {"floor_websocket_client_orjson": floor_lat[key]}
+        for name, figures in feed_run.items():
+            entry[name] = {
+                **figures,
+                "p99_vs_floor": ratio(figures["latency_us"].get("p99"), floor_p99),
+            }
+        latency[key] = entry
+    result["throughput"] = throughput
+    result["latency"] = latency
+    result["feed_rss_mb"] = {"idle": round(rss_idle, 1), "after": round(rss_after, 1)}
+    result["stages_ns"] = stage_costs(args.stage_events)
+    mixed = throughput.get("mixed")
+    if mixed and mixed["msgs_per_s"]:
+        result["stages_ns"]["end_to_end_mixed"] = round(1e9 / mixed["msgs_per_s"], 1)
+        if mixed["msgs_per_cpu_second"]:
+            result["stages_ns"]["end_to_end_mixed_cpu"] = round(
+                1e9 / mixed["msgs_per_cpu_second"], 1
+            )
+    result["goals"] = goals(result)
+    result["machine_after"] = {"load_avg": machine_info()["load_avg"]}
+    return result
+
+
+def goals(result: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets against what was measured (reported, never asserted)."""
+    out: dict[str, Any] = {}
+    mixed = result["throughput"].get("mixed")
+    if mixed:
+        per_core = mixed["msgs_per_cpu_second"]
+        out["mixed_msgs_per_core_ge_150k"] = {
+            "measured_per_cpu_second": per_core,
+            "measured_wall": mixed["msgs_per_s"],
+            "met": bool(per_core and per_core >= 150_000),
+        }
+        out["mixed_ge_2_5x_floor"] = {
+            "ratio": mixed["vs_floor"],
+            "met": bool(mixed["vs_floor"] and mixed["vs_floor"] >= 2.5),
+        }
+    for rate in ("5000", "10000"):
+        entry = result["latency"].get(rate)
+        if entry is None:
+            continue
+        shm_p99 = entry["wire_to_shm"]["latency_us"].get("p99")
+        zmq_p99 = entry["wire_to_zmq_worker"]["latency_us"].get("p99")
+        out[f"wire_to_shm_p99_le_150us_at_{rate}"] = {
+            "p99_us": shm_p99,
+            "met": shm_p99 is not None and shm_p99 <= 150,
+        }
+        out[f"wire_to_worker_p99_le_500us_at_{rate}"] = {
+            "p99_us": zmq_p99,
+            "met": zmq_p99 is not None and zmq_p99 <= 500,
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench feed", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small bursts, one rate, 1.5 s")
+    parser.add_argument("--long", action="store_true", help="accepted for `bench all --long`")
+    parser.add_argument("--frames", type=int, default=None)
+    parser.add_argument("--markets", type=int, default=20)
+    parser.add_argument("--rates", default=None, help="paced msgs/s, comma-separated")
+    parser.add_argument("--seconds", type=float, default=None, help="per latency run")
+    parser.add_argument("--sets", default=",".join(BURST_SETS), help="burst type sets")
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args(argv)
+    args.frames = args.frames or (30_000 if args.quick else 300_000)
+    args.rates = args.rates or ("1000" if args.quick else "1000,5000,10000")
+    args.seconds = args.seconds or (1.5 if args.quick else 5.0)
+    args.stage_events = 2_000 if args.quick else 20_000
+    args.burst_sets = [s for s in args.sets.split(",") if s in BURST_SETS]
+    if not args.burst_sets:
+        raise BenchError(f"--sets must name some of {list(BURST_SETS)}")
+    return emit("feed", run(args), args.output)
