@@ -99,7 +99,7 @@ def emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def run_shm(prefix: str, kinds: list[str], spin: bool) -> int:
+def run_shm(prefix: str, kinds: list[str], spin: bool, sleep_us: float) -> int:
     readers = [shm.attach(prefix, kind, timeout=10.0) for kind in kinds]
     cursors = [r.head for r in readers]
     stats = Stats()
@@ -108,6 +108,7 @@ def run_shm(prefix: str, kinds: list[str], spin: bool) -> int:
     emit({"ready": True, "heads": cursors})
     now_ns = time.time_ns
     yield_cpu = os.sched_yield
+    sleep = time.sleep
     while True:
         if commands.pending is not None:
             command = commands.take()
@@ -138,7 +139,10 @@ def run_shm(prefix: str, kinds: list[str], spin: bool) -> int:
             if n:
                 stats.latencies.append(now - records["origin_ns"])
         if idle and not spin:
-            yield_cpu()
+            if sleep_us > 0:
+                sleep(sleep_us / 1e6)
+            else:
+                yield_cpu()
     for reader in readers:
         reader.close()
     return 0
@@ -213,12 +217,17 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--prefix", required=True)
     s.add_argument("--kinds", default="ticker,orderbook")
     s.add_argument("--spin", action="store_true", help="never yield the CPU between checks")
+    s.add_argument(
+        "--sleep-us", type=float, default=0.0, help="sleep between idle checks (0: sched_yield)"
+    )
     z = sub.add_parser("zmq")
     z.add_argument("--endpoint", required=True)
     z.add_argument("--topic", default="trade.")
     args = parser.parse_args(argv)
     if args.kind == "shm":
-        return run_shm(args.prefix, [k for k in args.kinds.split(",") if k], args.spin)
+        return run_shm(
+            args.prefix, [k for k in args.kinds.split(",") if k], args.spin, args.sleep_us
+        )
     return run_zmq(args.endpoint, args.topic)
 
 

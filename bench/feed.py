@@ -17,8 +17,10 @@ Throughput (scenario 1)
 
 Latency (scenario 2)
     The simulator paced at R msgs/s (R/3 events/s, each a ticker, a book and a trade);
-    ``now - origin_ns`` at a shm reader (ticker + orderbook records) and at a ZeroMQ
-    subscriber (trades), then the floor loop on the same stream.
+    ``now - origin_ns`` at a shm reader (ticker + orderbook records; it sleeps
+    ``--shm-sleep-us`` between idle polls, since a spinning reader on a shared 2-core
+    box starves the feed) and at a ZeroMQ subscriber (trades, blocking), then the
+    floor loop on the same stream.
 
 Stages ("where the time goes"), in this process on the same kind of frames:
     frame parse (FrameParser over in-memory bytes), HotDecoder.decode, shm
@@ -185,13 +187,13 @@ def floor_latency(sim: SimProcess, codes: list[str], rate: float, seconds: float
 
 
 def feed_latency(
-    sim: SimProcess, feed: FeedRun, rate: float, seconds: float
+    sim: SimProcess, feed: FeedRun, rate: float, seconds: float, shm_sleep_us: float
 ) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     sim.control.set_rate(rate / len(TYPES))
     try:
         for name, make in (
-            ("wire_to_shm", lambda: shm_consumer(feed.prefix)),
+            ("wire_to_shm", lambda: shm_consumer(feed.prefix, sleep_us=shm_sleep_us)),
             ("wire_to_zmq_worker", lambda: zmq_consumer(feed.pub_endpoint)),
         ):
             with make() as consumer:
@@ -340,6 +342,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rates_msgs_per_s": rates,
             "latency_seconds": args.seconds,
             "book_depth": BOOK_DEPTH,
+            "shm_reader_sleep_us": args.shm_sleep_us,
         },
     }
     with SimProcess(markets=args.markets, rate=0, stamp=True) as sim:
@@ -360,7 +363,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for name, types in BURST_SETS.items()
                     if name in args.burst_sets
                 }
-            feed_lat = {str(int(r)): feed_latency(sim, feed, r, args.seconds) for r in rates}
+            feed_lat = {
+                str(int(r)): feed_latency(sim, feed, r, args.seconds, args.shm_sleep_us)
+                for r in rates
+            }
             rss_after = feed.rss_mb()
     throughput: dict[str, Any] = {}
     for name, run_ in feed_tp.items():
@@ -437,6 +443,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default=None, help="paced msgs/s, comma-separated")
     parser.add_argument("--seconds", type=float, default=None, help="per latency run")
     parser.add_argument("--sets", default=",".join(BURST_SETS), help="burst type sets")
+    parser.add_argument(
+        "--shm-sleep-us",
+        type=float,
+        default=100.0,
+        help="shm reader's sleep between idle polls (0: sched_yield spin, which on a busy "
+        "2-core box takes CPU from the feed and the simulator)",
+    )
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     args.frames = args.frames or (30_000 if args.quick else 300_000)

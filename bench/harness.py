@@ -434,10 +434,10 @@ def new_connection(sim: SimProcess, before: Sequence[int], timeout: float = 10.0
     return int(max(found))
 
 
-def shm_consumer(prefix: str, kinds: str = "ticker,orderbook") -> Consumer:
-    return Consumer(
-        [sys.executable, "-m", "bench.consumers", "shm", "--prefix", prefix, "--kinds", kinds]
-    )
+def shm_consumer(prefix: str, kinds: str = "ticker,orderbook", sleep_us: float = 0.0) -> Consumer:
+    """A shm reader process; ``sleep_us`` > 0 sleeps between idle checks, else it yields."""
+    argv = [sys.executable, "-m", "bench.consumers", "shm", "--prefix", prefix, "--kinds", kinds]
+    return Consumer([*argv, "--sleep-us", str(sleep_us)])
 
 
 def zmq_consumer(endpoint: str, topic: str = "trade.") -> Consumer:

@@ -54,6 +54,8 @@ LIBRARIES = {
 }
 MARKETS = 10
 WARM_RATE = 50.0
+#: The shm reader's sleep between idle polls, as in bench.feed's latency runs.
+SHM_SLEEP_US = 100.0
 
 
 def ensure_venv() -> dict[str, Any]:
@@ -185,7 +187,7 @@ def run_upfeed(sim: SimProcess, codes: list[str], args: argparse.Namespace) -> d
     body = feed_config([{"type": "orderbook", "codes": codes, "depth": 30}])
     with FeedRun(sim, body) as feed:
         conn_id = new_connection(sim, before)
-        with shm_consumer(feed.prefix, "orderbook") as reader:
+        with shm_consumer(feed.prefix, "orderbook", sleep_us=SHM_SLEEP_US) as reader:
             base = int(feed.metrics()["messages"].get("orderbook", 0))
             started = time.perf_counter()
             reader.command("reset")

@@ -60,7 +60,7 @@ def _machine(machine: dict[str, Any]) -> None:
 def test_system_benchmarks_quick(tmp_path: Path) -> None:
     frames = 6000
     feed = run_bench(
-        "feed", tmp_path, "--frames", str(frames), "--sets", "trade,mixed", "--seconds", "1"
+        "feed", tmp_path, "--frames", str(frames), "--sets", "trade,mixed", "--seconds", "0.8"
     )
     _machine(feed["machine_before"])
     for name in ("trade", "mixed"):
@@ -102,8 +102,8 @@ def test_system_benchmarks_quick(tmp_path: Path) -> None:
             assert _number(each[key]), key
     assert reconnect["rounds"][0]["reconnected"] <= reconnect["rounds"][0]["fresh_shm"]
 
-    memory = run_bench("memory", tmp_path, "--markets", "1,50", "--soak", "3", "--warm", "1")
-    assert [r["markets"] for r in memory["runs"]] == [1, 50]
+    memory = run_bench("memory", tmp_path, "--markets", "1,20", "--soak", "2", "--warm", "0.8")
+    assert [r["markets"] for r in memory["runs"]] == [1, 20]
     for each in memory["runs"]:
         assert each["feed_rss_mb"] > each["floor_rss_mb"] > 0
         assert each["messages_routed"]["trade"] > 0
