@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 MIN_LEASE_S = 0.1
 MAX_LEASE_S = 3600.0
 MAX_WORKER_ID_LEN = 128
+# A status reply of a feed with every market subscribed is well under 1 MiB.
+MAX_REPLY_BYTES = 16 * 1024 * 1024
 SUBSCRIPTION_KEYS = frozenset({"type", "codes", "level", "is_only_snapshot", "is_only_realtime"})
 BUILTIN_COMMANDS = ("register", "renew", "unregister", "workers")
 
@@ -595,6 +597,7 @@ class ControlClient:
         if self._sock is None:
             sock = self._context.socket(zmq.DEALER)
             sock.linger = 0
+            sock.maxmsgsize = MAX_REPLY_BYTES
             if self._curve_server_key is not None:
                 apply_curve_client(sock, self._curve_server_key, self._curve_client)
             sock.connect(self.endpoint)

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 SHM_TYPES = ("ticker", "orderbook")
 MAX_DRAIN = 1000
+MAX_BUS_MESSAGE_BYTES = 16 * 1024 * 1024
 # A drain also ends after this long, so a slow hook cannot starve lease renewal, the
 # timer or the shm rings.
 MAX_DRAIN_SECONDS = 0.05
@@ -400,6 +401,8 @@ class Worker:
         check_endpoint(endpoint, curve=self._curve_server_key is not None)
         sub = self._context.socket(zmq.SUB)
         sub.linger = 0
+        # libzmq drops the peer on a larger message instead of buffering it.
+        sub.maxmsgsize = MAX_BUS_MESSAGE_BYTES
         if self._curve_server_key is not None:
             apply_curve_client(sub, self._curve_server_key, self._curve_client)
         for prefix in self.topic_prefixes():
