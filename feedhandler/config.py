@@ -329,9 +329,11 @@ class LoggingSettings(_Section):
 
 
 class MetricsSettings(_Section):
-    """Metrics export."""
+    """Metrics export and the dashboard (both off unless a port is set)."""
 
     prometheus_port: int | None = Field(default=None, ge=1, le=65535)
+    dashboard_port: int | None = Field(default=None, ge=1, le=65535)
+    host: str = "127.0.0.1"
 
 
 class Settings(_Section):

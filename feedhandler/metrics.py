@@ -680,11 +680,16 @@ def addons_from_settings(
     route_sample_every: int | None = None,
 ) -> list[Addon]:
     """The add-ons a feed runs: the telemetry when anything reads it, the metrics endpoint
-    (``metrics.prometheus_port`` or ``metrics_port``, 0 = any free port), the dashboard
-    and the recorder. ``route_sample_every`` switches the per-frame route timer on."""
+    (``metrics_port`` or ``metrics.prometheus_port``, 0 = any free port), the dashboard
+    (``dashboard_port`` or ``metrics.dashboard_port``) on ``metrics.host``, and the
+    recorder. ``route_sample_every`` switches the per-frame route timer on."""
     addons: list[Addon] = []
     if metrics_port is None:
         metrics_port = settings.metrics.prometheus_port
+    if dashboard_port is None:
+        dashboard_port = settings.metrics.dashboard_port
+    if host == DEFAULT_HOST:
+        host = settings.metrics.host
     wanted = metrics_port is not None or dashboard_port is not None
     telemetry = Telemetry(route_sample_every=route_sample_every) if wanted else None
     if telemetry is not None:

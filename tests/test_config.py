@@ -96,7 +96,11 @@ def test_defaults_are_the_documented_values():
     }
     assert s.backfill.model_dump() == {"enabled": True, "max_pages": 20, "page_size": 500}
     assert s.logging.model_dump() == {"level": "INFO", "format": "kv"}
-    assert s.metrics.model_dump() == {"prometheus_port": None}
+    assert s.metrics.model_dump() == {
+        "prometheus_port": None,
+        "dashboard_port": None,
+        "host": "127.0.0.1",
+    }
     assert s.credentials is None
 
 

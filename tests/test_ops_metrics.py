@@ -145,3 +145,16 @@ def test_metrics_endpoint_follows_the_feed(feed_harness):
         harness.feed = None
     with pytest.raises(OSError):
         urllib.request.urlopen(server.url, timeout=2)
+
+
+def test_dashboard_and_metrics_ports_come_from_the_config(tmp_path):
+    from feedhandler.config import load_settings
+    from feedhandler.dashboard import DashboardServer
+    from feedhandler.metrics import MetricsServer, addons_from_settings
+
+    path = tmp_path / "m.yaml"
+    path.write_text("metrics:\n  prometheus_port: 9191\n  dashboard_port: 9192\n")
+    kinds = [type(a) for a in addons_from_settings(load_settings(path, environ={}))]
+    assert MetricsServer in kinds and DashboardServer in kinds
+    path.write_text("metrics: {}\n")
+    assert addons_from_settings(load_settings(path, environ={})) == []
