@@ -354,7 +354,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         floor_lat = {str(int(r)): floor_latency(sim, codes, r, args.seconds) for r in rates}
         before = sim.control.status()["connections"]
-        with FeedRun(sim, feed_config(subscriptions(codes))) as feed:
+        # A bus queue deep enough for a whole burst: a drop would be a loss to report,
+        # but the subscriber, not the feed, would be what is measured.
+        body = feed_config(subscriptions(codes), sndhwm=1_000_000)
+        with FeedRun(sim, body) as feed:
             conn_id = new_connection(sim, before)
             rss_idle = feed.rss_mb()
             with zmq_consumer(feed.pub_endpoint) as bus:

@@ -208,15 +208,22 @@ def feed_config(
     backfill: bool = False,
     base_delay: float = 0.2,
     stall_seconds: float = 10.0,
-    sndhwm: int = 1_000_000,
-    capacity: int = 65536,
+    sndhwm: int | None = None,
+    capacity: int | None = None,
 ) -> dict[str, Any]:
-    """A feed YAML body for a benchmark (URLs, prefix and ipc directory come from the env)."""
+    """A feed YAML body for a benchmark (URLs, prefix and ipc directory come from the env).
+
+    ``sndhwm`` and ``capacity`` (shm ring records) default to the product's defaults: a
+    bigger ring or bus queue shows up in RSS as soon as it is touched.
+    """
+    shm_section = (
+        {} if capacity is None else {"ticker_capacity": capacity, "orderbook_capacity": capacity}
+    )
     return {
         "subscriptions": subscriptions,
         "connection": {"connect_timeout": 5},
-        "shm": {"ticker_capacity": capacity, "orderbook_capacity": capacity},
-        "zmq": {"sndhwm": sndhwm},
+        "shm": shm_section,
+        "zmq": {} if sndhwm is None else {"sndhwm": sndhwm},
         "reconnection": {"base_delay": base_delay, "max_delay": 2.0},
         "health": {"stall_seconds": stall_seconds, "memory_usage_mb": 1024},
         "backfill": {"enabled": backfill},

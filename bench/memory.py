@@ -8,7 +8,8 @@ the soak (60 s by default, 600 s with ``--long``): first, last, max and the slop
 a straight-line fit over the second half (MB/min; flat means no leak).
 
 Baselines in the same run: the floor loop (websocket-client + orjson) on the same
-stream, and a bare interpreter that only imports what the feed imports.
+stream, a bare interpreter that only imports the feed's third-party dependencies,
+and one that imports the feed's own modules (``feedhandler.cli``) without running.
 
     python -m bench memory [--quick | --long] [--markets 1,50,855] [--soak S]
 """
@@ -26,6 +27,7 @@ import psutil
 
 from bench.harness import (
     ALL_MARKETS,
+    REPO,
     FeedRun,
     SimProcess,
     emit,
@@ -39,10 +41,19 @@ from bench.harness import (
 IMPORTS = "import numpy, orjson, msgspec, zmq, websocket, pydantic, psutil, yaml"
 
 
-def imports_rss_mb() -> float:
-    code = f"{IMPORTS}; print(psutil.Process().memory_info().rss)"
+FEED_IMPORTS = "import psutil, feedhandler.cli"
+
+
+def imports_rss_mb(imports: str = IMPORTS) -> float:
+    """RSS of a fresh interpreter that only ran ``imports``."""
+    code = f"{imports}; print(psutil.Process().memory_info().rss)"
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        cwd=REPO,
     )
     return round(int(out.stdout.strip()) / 1e6, 1)
 
@@ -110,6 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "soak_seconds": args.soak,
         },
         "imports_only_rss_mb": imports_rss_mb(),
+        "feed_modules_imported_rss_mb": imports_rss_mb(FEED_IMPORTS),
     }
     runs = []
     for n in counts:

@@ -44,6 +44,7 @@ from bench.harness import (
     shm_consumer,
     wait_for,
 )
+from simulator.control import ControlError
 
 VENV = Path(__file__).resolve().parent / ".peers" / "venv"
 PEER_PACKAGES = ("cryptofeed", "pyupbit", "ccxt", "orjson", "websocket-client", "psutil")
@@ -112,7 +113,15 @@ def ensure_venv() -> dict[str, Any]:
 
 def _count_burst(sim: SimProcess, conn_id: int, consumer: Consumer, frames: int) -> dict[str, Any]:
     consumer.command("reset")
-    reply = sim.control.burst(frames, conn_id, ["orderbook"])
+    try:
+        reply = sim.control.burst(frames, conn_id, ["orderbook"])
+    except (ControlError, OSError) as exc:
+        # The simulator fails the call when the client's connection ends mid-burst.
+        report = consumer.command("report")
+        raise BenchError(
+            f"connection ended during the burst after {report['count']} of {frames} messages"
+            f" (simulator: {exc!r})"
+        ) from exc
     last = {"count": -1, "at": time.monotonic()}
 
     def done() -> dict[str, Any] | None:
@@ -131,6 +140,21 @@ def _count_burst(sim: SimProcess, conn_id: int, consumer: Consumer, frames: int)
         "received": report["count"],
         "msgs_per_s": report["msgs_per_s"],
     }
+
+
+def _settle(sim: SimProcess, conn_id: int, quiet: float = 1.0, timeout: float = 20.0) -> None:
+    """Wait until the client has sent its last subscription request (ccxt sends one per
+    symbol): a request arriving during a burst replaces the set being written."""
+    deadline = time.monotonic() + timeout
+    seen, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        journal = sim.control.journal(sids=False, connection=conn_id)["connections"]
+        count = len(journal[0]["requests"]) if journal else 0
+        if count != seen:
+            seen, since = count, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.1)
 
 
 def _latency(sim: SimProcess, consumer: Consumer, rate: float, seconds: float) -> dict[str, Any]:
@@ -163,6 +187,7 @@ def run_runner(
     time.sleep(0.3)
     with consumer:
         conn_id = new_connection(sim, before)
+        _settle(sim, conn_id)
         out: dict[str, Any] = {"version": None, "notes": []}
         try:
             out["throughput"] = _count_burst(sim, conn_id, consumer, args.frames)

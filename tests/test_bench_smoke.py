@@ -60,10 +60,10 @@ def _machine(machine: dict[str, Any]) -> None:
 def test_system_benchmarks_quick(tmp_path: Path) -> None:
     frames = 6000
     feed = run_bench(
-        "feed", tmp_path, "--frames", str(frames), "--sets", "trade,mixed", "--seconds", "0.8"
+        "feed", tmp_path, "--frames", str(frames), "--sets", "mixed", "--seconds", "0.8"
     )
     _machine(feed["machine_before"])
-    for name in ("trade", "mixed"):
+    for name in ("mixed",):
         run = feed["throughput"][name]
         # Everything the simulator wrote was routed: ticker/orderbook into shm, trades
         # to the subscriber, with no hole in the bus sequence.
@@ -75,7 +75,7 @@ def test_system_benchmarks_quick(tmp_path: Path) -> None:
         assert isinstance(run["no_loss"], bool)
         assert _number(run["msgs_per_s"]) and _number(run["floor_msgs_per_s"])
         assert _number(run["vs_floor"])
-    assert feed["throughput"]["mixed"]["routed"]["orderbook"] > 0
+    assert min(feed["throughput"]["mixed"]["routed"].values()) > 0
     entry = feed["latency"]["1000"]
     for path in ("floor_websocket_client_orjson", "wire_to_shm", "wire_to_zmq_worker"):
         _latency(entry[path]["latency_us"])
@@ -95,7 +95,7 @@ def test_system_benchmarks_quick(tmp_path: Path) -> None:
     assert "TOO_MANY_REQ" in run["naive"]["errors"]
     assert run["naive"]["converged"] is False
 
-    reconnect = run_bench("reconnect", tmp_path)
+    reconnect = run_bench("reconnect", tmp_path, "--pause", "0.3")
     assert len(reconnect["rounds"]) == 2
     for key in ("noticed", "reconnected", "fresh_shm"):
         for each in reconnect["rounds"]:
