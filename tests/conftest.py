@@ -5,18 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import yaml
-import zmq
 
+from bench.soak import BusRecorder
 from feedhandler.app import FeedProcess
 from feedhandler.config import Settings, load_settings
 
@@ -36,53 +34,6 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
         if time.monotonic() >= deadline:
             pytest.fail(f"condition not met within {timeout} s: {predicate}")
         time.sleep(interval)
-
-
-class BusCollector:
-    """A SUB socket in a thread that keeps every message it receives, parsed."""
-
-    def __init__(self, endpoint: str, prefixes: tuple[bytes, ...] = (b"",)) -> None:
-        self._ctx = zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.SUB)
-        self._sock.linger = 0
-        self._sock.rcvhwm = 0
-        for prefix in prefixes:
-            self._sock.subscribe(prefix)
-        self._sock.connect(endpoint)
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if not self._sock.poll(50):
-                continue
-            while True:
-                try:
-                    frame = self._sock.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                topic, _, body = frame.partition(b" ")
-                with self._lock:
-                    self.messages.append((topic.decode(), orjson.loads(body)))
-
-    def topics(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
-        with self._lock:
-            return [(t, m) for t, m in self.messages if t.startswith(prefix)]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._sock.close(0)
-
-
-def trade_sids(collector: BusCollector) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for topic, msg in collector.topics("trade."):
-        out.setdefault(topic[len("trade.") :], []).append(msg["data"]["sequential_id"])
-    return out
 
 
 def write_config(directory: Path, body: dict[str, Any]) -> Path:
@@ -143,11 +94,11 @@ def feed_harness(tmp_path: Path) -> Iterator[Callable[..., FeedHarness]]:
 
 
 @pytest.fixture
-def collectors() -> Iterator[Callable[..., BusCollector]]:
-    made: list[BusCollector] = []
+def collectors() -> Iterator[Callable[..., BusRecorder]]:
+    made: list[BusRecorder] = []
 
-    def make(endpoint: str, prefixes: tuple[bytes, ...] = (b"",)) -> BusCollector:
-        collector = BusCollector(endpoint, prefixes)
+    def make(endpoint: str, prefixes: tuple[bytes, ...] = (b"",)) -> BusRecorder:
+        collector = BusRecorder(endpoint, prefixes)
         made.append(collector)
         return collector
 

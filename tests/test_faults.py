@@ -109,28 +109,17 @@ def settle(sim: Simulator, feed: FeedProcess, bus) -> None:
         time.sleep(0.4)
 
 
-def trade_sids(bus) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for topic, msg in bus.topics("trade."):
-        out.setdefault(topic[len("trade.") :], []).append(msg["data"]["sequential_id"])
-    return out
-
-
-def gaps(bus) -> list[dict[str, Any]]:
-    return [msg["data"] for _, msg in bus.topics("sys.gap")]
-
-
 def assert_nothing_lost(sim: Simulator, bus, *, allow_reported_gaps: bool = False) -> dict:
-    published = trade_sids(bus)
+    published = bus.trade_sids()
     generated = sim.control.journal(codes=list(published))["generated"]
-    result = account_trades(published, generated, gaps(bus))
+    result = account_trades(published, generated, bus.gaps())
     assert result["codes"] == len(sim.markets), result
     assert result["duplicated"] == 0, result
     assert result["invented"] == 0, result
     assert result["unexplained_lost"] == 0, result
     if not allow_reported_gaps:
         assert result["lost"] == 0, result
-        assert gaps(bus) == []
+        assert bus.gaps() == []
     return result
 
 
@@ -316,11 +305,11 @@ def test_rest_failing_beyond_the_retries_is_reported_as_a_gap(
         started = time.monotonic()
         # a listener outage long enough for trades to fall into the gap
         sim.control.restart(seconds=0.5)
-        wait_until(lambda: len(gaps(bus)) == len(sim.markets), MAX_RECOVERY_S)
+        wait_until(lambda: len(bus.gaps()) == len(sim.markets), MAX_RECOVERY_S)
         wait_until(lambda: recovered(feed, bus, before, gen), MAX_RECOVERY_S)
         report(record_property, "rest_outage_gap_reported", time.monotonic() - started)
-        assert {g["code"] for g in gaps(bus)} == set(sim.markets)
-        published_before = {c: len(s) for c, s in trade_sids(bus).items()}
+        assert {g["code"] for g in bus.gaps()} == set(sim.markets)
+        published_before = {c: len(s) for c, s in bus.trade_sids().items()}
         wait_until(lambda: rest_answers(sim), 5, interval=0.2)
         before, gen = len(bus.topics("trade.")), generation(feed)
         calls = feed.rest.calls
@@ -330,9 +319,9 @@ def test_rest_failing_beyond_the_retries_is_reported_as_a_gap(
         assert feed.rest.calls >= calls + len(sim.markets)
         settle(sim, feed, bus)
         result = assert_nothing_lost(sim, bus, allow_reported_gaps=True)
-        assert len(gaps(bus)) == len(sim.markets), "only the outage may leave a gap"
+        assert len(bus.gaps()) == len(sim.markets), "only the outage may leave a gap"
         assert result["lost"] > 0, "the outage must have cost trades, or the test proves nothing"
-        sids = trade_sids(bus)
+        sids = bus.trade_sids()
         for code, lost in result["lost_sids"].items():
             assert not set(lost) & set(sids[code][published_before[code] :])
         assert_shm_matches_exchange(sim, harness.prefix)
@@ -365,7 +354,7 @@ def test_reordered_trades_are_published_once_in_arrival_order(feed_harness, coll
         sim.control.reorder_trades(count=20)
         time.sleep(1.0)
         settle(sim, feed, bus)
-        published = trade_sids(bus)
+        published = bus.trade_sids()
         journal = sim.control.journal(codes=list(published))
         generated = journal["generated"]
         (conn,) = journal["connections"]
@@ -519,7 +508,7 @@ def test_wall_clock_jumps_do_not_disturb_the_feed(feed_harness, collectors, tmp_
             offset_file.write_text("-3600")
             time.sleep(0.5)
             control.register("w-new", [Subscription("trade", (sim.markets[2],))], 30.0)
-            wait_until(lambda: sim.markets[2] in trade_sids(bus), 3)
+            wait_until(lambda: sim.markets[2] in bus.trade_sids(), 3)
             control.renew("w-clock")
             time.sleep(1.0)
             status = control.status()
@@ -529,9 +518,9 @@ def test_wall_clock_jumps_do_not_disturb_the_feed(feed_harness, collectors, tmp_
             assert bus.topics("sys.connection_lost") == []
             sim.control.set_rate(0)
             time.sleep(1.0)
-            published = trade_sids(bus)
+            published = bus.trade_sids()
             generated = sim.control.journal(codes=list(published))["generated"]
-            result = account_trades(published, generated, gaps(bus))
+            result = account_trades(published, generated, bus.gaps())
             assert result["codes"] == 3
             assert result["lost"] == result["duplicated"] == result["invented"] == 0, result
         finally:

@@ -13,7 +13,7 @@ import shm
 from feedhandler.control import ControlClient
 from feedhandler.upbit import Subscription
 from simulator import Simulator
-from tests.conftest import trade_sids, wait_until
+from tests.conftest import wait_until
 
 ALL_PUBLIC = [
     {"type": "ticker", "codes": "all"},
@@ -40,7 +40,7 @@ def journal_is_clean(sim: Simulator) -> dict:
 
 def assert_no_trade_lost(sim: Simulator, collector, codes) -> None:
     """Every trade generated since our first one was published once, none invented."""
-    published = trade_sids(collector)
+    published = collector.trade_sids()
     generated = sim.control.journal(codes=list(codes))["generated"]
     checked = 0
     for code in codes:
@@ -185,20 +185,21 @@ def test_a_burst_of_100_changes_costs_few_requests_and_ends_in_the_right_set(fee
         harness = feed_harness(sim, {"subscriptions": [{"type": "ticker", "codes": ["KRW-BTC"]}]})
         feed = harness.start()
         wait_until(lambda: feed.router.counts["ticker"] > 0, 10)
-        control = ControlClient(feed.control.endpoint, timeout=2)
+        # The worker registry is what the control server calls for each request; driving
+        # it directly makes the 100 changes one burst whatever the machine's load.
         wanted: dict[str, list[str]] = {}
-        try:
-            for i in range(100):
-                worker = f"w{i % 7}"
-                codes = [sim.markets[(i * 5 + k) % 30] for k in range(1 + i % 3)]
-                if i % 10 == 9:
-                    control.unregister(worker)
-                    wanted.pop(worker, None)
-                else:
-                    control.register(worker, [Subscription("trade", tuple(codes))], 30)
-                    wanted[worker] = codes
-        finally:
-            control.close()
+        plan_changes = 0
+        for i in range(100):
+            worker = f"w{i % 7}"
+            codes = [sim.markets[(i * 5 + k) % 30] for k in range(1 + i % 3)]
+            before = feed.registry.plan("public-0").subscriptions
+            if i % 10 == 9:
+                feed.workers.unregister(worker)
+                wanted.pop(worker, None)
+            else:
+                feed.workers.register(worker, [Subscription("trade", tuple(codes))], 30)
+                wanted[worker] = codes
+            plan_changes += feed.registry.plan("public-0").subscriptions != before
         expected = sorted({c for codes in wanted.values() for c in codes})
 
         def last_request_matches() -> bool:
@@ -212,9 +213,9 @@ def test_a_burst_of_100_changes_costs_few_requests_and_ends_in_the_right_set(fee
         wait_until(last_request_matches, 10)
         journal = journal_is_clean(sim)
         requests = [r for c in journal["connections"] for r in c["requests"]]
-        # the journal shows no limit broken; the 100 changes cost a fraction of requests
-        assert 2 <= len(requests) <= 30, len(requests)
-        assert feed.connections["public-0"].flush.changes_absorbed >= 10
+        # no limit broken (journal_is_clean); the burst costs a few requests, not one each
+        assert plan_changes >= 20
+        assert 2 <= len(requests) <= 10, (len(requests), plan_changes)
 
 
 @pytest.mark.parametrize("fmt", ["DEFAULT", "SIMPLE"])
