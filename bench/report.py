@@ -278,7 +278,8 @@ def summary(directory: Path) -> str:
         lines += [
             "## Memory",
             "",
-            f"Imports only: {memory['imports_only_rss_mb']} MB.",
+            f"Imports only: {memory['imports_only_rss_mb']} MB (third-party), "
+            f"{memory.get('feed_modules_imported_rss_mb', 'n/a')} MB (the feed's own modules).",
             "",
             "| markets | feed RSS MB | floor RSS MB | vs floor |",
             "|---|---|---|---|",
