@@ -33,7 +33,10 @@ PublishTrade = Callable[[str, bytes, int, int, bool], None]
 # publish_sys(event, fields)
 PublishSys = Callable[[str, dict[str, object]], None]
 
-DEDUP_WINDOW = 20_000
+# Trade ids remembered per market. Duplicates arrive close together (a re-sent frame,
+# the SNAPSHOT trade after a resubscribe, REST pages overlapping the last live trade), so
+# a short window suffices; it bounds memory at ~16 KiB per market (~14 MB for 855).
+DEDUP_WINDOW = 256
 BACKFILL_ATTEMPTS = 5
 BACKFILL_RETRY_BASE = 0.25  # seconds; doubles per attempt (0.25 .. 4 s)
 MAX_BUFFERED = 200_000
