@@ -222,7 +222,12 @@ class TradeSequencer:
                         "reason": error or f"{overflowed} live trades dropped while buffering",
                     },
                 )
-            merged = _merge(missed or [], buffer)
+            # The SNAPSHOT trade sent after a resubscribe is usually the last one published
+            # before the gap: drop what was published already before merging, or it would
+            # land after the newer REST trades.
+            fresh = [t for t in buffer if t.sequential_id not in state.recent]
+            self.duplicates += len(buffer) - len(fresh)
+            merged = _merge(missed or [], fresh)
             backfilled_before = self.backfilled
             now_ns = time.time_ns()
             for item in merged:

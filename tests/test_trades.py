@@ -121,3 +121,16 @@ def test_a_gap_during_backfill_restarts_it_from_the_first_anchor():
         None,
     )
     assert [sid for sid, _ in published] == [10, 11, 12, 13, 14, 15, 16]
+
+
+def test_the_snapshot_of_the_anchor_trade_is_not_published_again_after_a_long_backfill():
+    seq, published, _ = _collect()
+    _live(seq, 10, 1000)
+    seq.on_gap(["KRW-BTC"])
+    seq.on_resubscribed(["KRW-BTC"])
+    _live(seq, 10, 1000)  # the SNAPSHOT after resubscribing: the anchor trade again
+    missed = [_rest(11 + i, 1001 + i) for i in range(400)][::-1]  # more than the window
+    seq.complete("KRW-BTC", missed, None)
+    sids = [sid for sid, _ in published]
+    assert sids == list(range(10, 411))
+    assert seq.duplicates == 1
