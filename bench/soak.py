@@ -395,12 +395,13 @@ def run_soak(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench soak", description=__doc__)
     parser.add_argument("--long", action="store_true", help="1000 disconnects")
+    parser.add_argument("--quick", action="store_true", help="20 disconnects")
     parser.add_argument("--disconnects", type=int, default=None)
     parser.add_argument("--interval", type=float, default=0.4)
     parser.add_argument("--markets", type=int, default=2)
     parser.add_argument("--rate", type=float, default=150.0)
     args = parser.parse_args(argv)
-    disconnects = args.disconnects or (1000 if args.long else 100)
+    disconnects = args.disconnects or (1000 if args.long else 20 if args.quick else 100)
     result = run_soak(
         disconnects=disconnects, interval=args.interval, markets=args.markets, rate=args.rate
     )
