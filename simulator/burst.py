@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from websockets.exceptions import ConnectionClosed
 
 from simulator.encode import encode_orderbook, encode_ticker, encode_trade
 from simulator.frames import header
@@ -211,12 +212,18 @@ async def _write_passes(
         # would sit in asyncio's buffer, which is shifted after every partial send.
         start = 0
         for chunk_end in pool.chunk_ends:
+            if client.closing or transport.is_closing():
+                # The client went away mid-burst: report what it was sent, do not write on.
+                return sent, written + start
             end = min(chunk_end, size)
             # bytes(): a copy, since the transport may keep it while ``buffer`` is rewritten.
             transport.write(bytes(data[start:end]) if rewrite else data[start:end])
             start = end
             if transport.get_write_buffer_size() > _WRITE_HIGH:
-                await conn.drain()
+                try:
+                    await conn.drain()
+                except (ConnectionError, ConnectionClosed):
+                    return sent, written + start
             if start >= size:
                 break
         client.last_tx = exchange.monotonic()
@@ -224,5 +231,8 @@ async def _write_passes(
         sent += frames
         written += size
         passes += 1
-        await conn.drain()
+        try:
+            await conn.drain()
+        except (ConnectionError, ConnectionClosed):
+            break
     return sent, written

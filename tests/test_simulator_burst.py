@@ -90,3 +90,21 @@ def test_trades_after_a_burst_never_reuse_its_ids():
             assert min(m["sequential_id"] for m in later) > max(burst_sids)
         finally:
             ws.close()
+
+
+def test_a_client_leaving_mid_burst_still_gets_the_control_call_answered():
+    with Simulator(markets=2, rate=0.0) as sim:
+        ws = connect(sim.public_url, timeout=10)
+        ws.send(request({"type": "trade", "codes": ["KRW-BTC"]}))
+        collect(ws, lambda m: len(m) >= 1)
+        result: dict = {}
+        caller = threading.Thread(
+            target=lambda: result.update(sim.control.burst(5_000_000)), daemon=True
+        )
+        caller.start()
+        for _ in range(1000):
+            ws.recv_data()
+        ws.sock.close()  # gone without a close frame, the burst still running
+        caller.join(30)
+        assert not caller.is_alive()
+        assert 1000 <= result["sent"] < 5_000_000
