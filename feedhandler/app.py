@@ -394,23 +394,11 @@ class FeedProcess:
         return {"state": state, "health_score": score, "connections": conns, "process": proc}
 
     def segments(self) -> dict[str, Any]:
-        out = []
-        for writer in (self.ticker_writer, self.orderbook_writer):
-            if writer is None:
-                continue
-            out.append(
-                {
-                    "name": writer.name,
-                    "path": writer.path,
-                    "kind": writer.kind,
-                    "capacity": writer.capacity,
-                    "symbols": len(writer.codes),
-                    "head": writer.head,
-                    "generation": writer.generation,
-                    "record_size": writer.dtype.itemsize,
-                    "dtype": str(writer.dtype.descr),
-                }
-            )
+        out = [
+            writer.describe()
+            for writer in (self.ticker_writer, self.orderbook_writer)
+            if writer is not None
+        ]
         return {"segments": out}
 
     def metrics(self) -> dict[str, Any]:

@@ -515,23 +515,11 @@ class Replayer:
         }
 
     def segments(self) -> list[dict[str, Any]]:
-        out = []
-        for writer in (self.ticker_writer, self.orderbook_writer):
-            if writer is not None and not writer.closed:
-                out.append(
-                    {
-                        "name": writer.name,
-                        "path": writer.path,
-                        "kind": writer.kind,
-                        "capacity": writer.capacity,
-                        "symbols": len(writer.codes),
-                        "head": writer.head,
-                        "generation": writer.generation,
-                        "record_size": writer.dtype.itemsize,
-                        "dtype": str(writer.dtype.descr),
-                    }
-                )
-        return out
+        return [
+            writer.describe()
+            for writer in (self.ticker_writer, self.orderbook_writer)
+            if writer is not None and not writer.closed
+        ]
 
     def metrics(self) -> dict[str, Any]:
         assert self.router is not None and self.publisher is not None and self.trades

@@ -220,6 +220,20 @@ class SnapshotWriter:
             self._index_word + symbol,
         )
 
+    def describe(self) -> dict[str, object]:
+        """Name, path, layout and position of this segment, JSON-able (for status pages)."""
+        return {
+            "name": self.name,
+            "path": self.path,
+            "kind": self.kind,
+            "capacity": self.capacity,
+            "symbols": len(self._codes),
+            "head": self._head,
+            "generation": self.generation,
+            "record_size": self.dtype.itemsize,
+            "dtype": str(self.dtype.descr),
+        }
+
     def heartbeat(self, now_ns: int | None = None) -> None:
         """Record that the writer is alive (readers treat an old heartbeat as a dead writer)."""
         with self._lock:
