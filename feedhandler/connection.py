@@ -98,7 +98,6 @@ class UpstreamConnection:
         self._generation = 0
         self._conn_key = f"{name}#0"
         self.flush = PendingFlush(lambda: self._limiter.acquire_message(self._conn_key), clock)
-        self._transport: WsTransport | None = None
         self._thread = threading.Thread(target=self._run, name=f"conn-{name}", daemon=True)
         self.failed: str | None = None
         self.last_message_at: float | None = None
@@ -234,7 +233,6 @@ class UpstreamConnection:
         """Run one connected session; True if it delivered data before it ended."""
         self._generation += 1
         self._conn_key = f"{self.name}#{self._generation}"
-        self._transport = transport
         self.flush.reset()
         if self._generation > 1:
             self.health.on_reconnect()
@@ -273,7 +271,6 @@ class UpstreamConnection:
             reason = f"{type(exc).__name__}: {exc}"
             self.health.on_error("io")
         finally:
-            self._transport = None
             transport.close(timeout=0.5)
             self._limiter.forget_connection(self._conn_key)
             self.health.on_disconnected(reason)
