@@ -104,6 +104,8 @@ class UpstreamConnection:
         self.requests_sent = 0
         self._delivered = False
         self._session_trade_codes: frozenset[str] = frozenset()
+        # Built once: the decoders are reused by every session of this connection.
+        self._decoder = HotDecoder(format=settings.format)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -246,9 +248,8 @@ class UpstreamConnection:
         # than with a return, and what it delivered and subscribed still counts then.
         self._delivered = False
         self._session_trade_codes = frozenset()
-        decoder = HotDecoder(format=self.settings.format)
         try:
-            self._session(transport, decoder)
+            self._session(transport, self._decoder)
         except UpstreamError as exc:
             reason = f"exchange error {exc.name}"
             self.health.on_error("upstream")
