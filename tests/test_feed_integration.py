@@ -119,8 +119,10 @@ def test_dropped_connections_recover_without_losing_trades(feed_harness, collect
         # backfill still asks REST for every trade code of the connection
         assert feed.rest.calls > len(sim.markets)
         # the first connection_up may precede the subscriber; one per reconnect follows
+        # (a stall under a loaded machine may add a reconnect of its own: still announced)
         generations = [m["data"]["generation"] for _, m in bus.topics("sys.connection_up")]
-        assert generations[-4:] == [2, 3, 4, 5]
+        assert generations == list(range(generations[0], generations[-1] + 1))
+        assert generations[-1] >= 5 and generations[0] <= 2
         journal = journal_is_clean(sim)
         assert len(journal["connections"]) >= 5
 
