@@ -362,6 +362,16 @@ class WsTransport:
         server's, then close the socket. Returns the server's close code, or None when it
         did not answer in time. Call it from the receiving thread.
         """
+        try:
+            return self._close_handshake(code, reason, timeout)
+        finally:
+            if self._closed is not None:
+                # The kept exception's traceback holds frames that hold this transport and
+                # its receive buffer: a cycle only a full garbage collection would free.
+                self._closed.__traceback__ = None
+                self._closed.__context__ = None
+
+    def _close_handshake(self, code: int, reason: str, timeout: float) -> int | None:
         if self._closed is not None:
             self._close_socket()
             return self._closed.code if self._parser.closed else None
