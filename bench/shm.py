@@ -2,12 +2,14 @@
 
 * ``write_ns``: ``write_ticker`` and ``write_orderbook`` (15 and 30 levels) per update,
   from prebuilt decoder-shaped structs; baseline: the same ticker written into a numpy
-  structured row field by field.
+  structured row field by field; floor: one ``struct.pack_into`` of a whole record from
+  values already in hand (nothing a write can skip).
 * ``read_ns``: ``latest()`` returning a numpy record (ticker, 15-level book),
   ``latest_many`` per row, ``since`` per record.
 * ``visibility_us``: a writer process stamps ``origin_ns`` (CLOCK_MONOTONIC) and writes
   tickers paced at ``--rate`` updates/s; a reader process spins on the head and takes
-  ``now - origin_ns`` for every record it sees. Baseline: the same structs through a
+  ``now - origin_ns`` for every record it sees; once with a writer that sleeps between
+  updates, once with one that spins. Baseline: the same structs through a
   ``multiprocessing.Queue`` (pickle) at the same rate, in the same run.
 
 CPU figures are the minimum over repeats (pyperf-style on a noisy machine); the load
@@ -35,7 +37,13 @@ import msgspec
 import numpy as np
 
 import shm
-from shm.layout import TICKER_FLOAT_FIELDS
+from shm.layout import (
+    ORDERBOOK_DTYPE,
+    ORDERBOOK_STRUCTS,
+    TICKER_DTYPE,
+    TICKER_FLOAT_FIELDS,
+    TICKER_STRUCT,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "shm.json"
 CODES = ["KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL", "BTC-ETH"]
@@ -170,6 +178,24 @@ def numpy_fieldwise_write(row: np.ndarray, msg: Ticker, recv_ns: int) -> None:
         row[name] = getattr(msg, name)
 
 
+def pack_floor(number: int, repeats: int) -> dict[str, float]:
+    """One ``struct.pack_into`` of a whole record from values already in hand: what a
+    write costs at least in Python, before any seqlock word, lookup or latest copy."""
+    target = bytearray(TICKER_DTYPE.itemsize + ORDERBOOK_DTYPE.itemsize)
+    ticker_values = (1, 1, 1, 1, 0, 1, 1, 2, 1, 0, 2, 1, *(1.5,) * len(TICKER_FLOAT_FIELDS))
+    book_values = (1, 1, 1, 1, 0, 15, 2, 1.5, 1.5, 0.0, *(1.5,) * 60)
+    pack_ticker = TICKER_STRUCT.pack_into
+    pack_book = ORDERBOOK_STRUCTS[15].pack_into
+    return {
+        "floor_pack_into_ticker": per_call_ns(
+            lambda: pack_ticker(target, 8, *ticker_values), number, repeats
+        ),
+        "floor_pack_into_orderbook15": per_call_ns(
+            lambda: pack_book(target, 8, *book_values), number, repeats
+        ),
+    }
+
+
 def cpu_costs(number: int, repeats: int) -> dict[str, Any]:
     prefix = f"upfeed-bench-{uuid.uuid4().hex[:8]}"
     ticker, book15, book30 = sample_ticker(), sample_orderbook(15), sample_orderbook(30)
@@ -189,6 +215,7 @@ def cpu_costs(number: int, repeats: int) -> dict[str, Any]:
                 lambda: books.write_orderbook(book15_tuples, 1), number, repeats
             ),
         }
+        write.update(pack_floor(number, repeats))
         row = np.zeros(1, shm.TICKER_DTYPE)[0:1]
         write["baseline_numpy_fieldwise_ticker"] = per_call_ns(
             lambda: numpy_fieldwise_write(row, ticker, 1), max(number // 10, 100), repeats
@@ -236,11 +263,14 @@ def _percentiles(samples_ns: list[int]) -> dict[str, float]:
     }
 
 
-def _paced(rate: float, seconds: float, emit: Callable[[int], None]) -> int:
+def _paced(rate: float, seconds: float, emit: Callable[[int], None], *, spin_ns: int = 0) -> int:
     """Call ``emit(origin_ns)`` about ``rate`` times a second for ``seconds``; return count.
 
-    The writer sleeps between updates instead of spinning, so that on a small machine the
-    spinning reader keeps a core (a late wake-up delays the next update, never its stamp).
+    By default the writer sleeps between updates, so that on a small machine the spinning
+    reader keeps a core (a late wake-up delays the next update, never its stamp), and
+    every update is written by a thread that has just woken up. With ``spin_ns`` it
+    sleeps only until that long before each update and busy-waits the rest, like a feed
+    thread kept busy by traffic.
     """
     interval = 1e9 / rate
     started = time.perf_counter_ns()
@@ -252,14 +282,15 @@ def _paced(rate: float, seconds: float, emit: Callable[[int], None]) -> int:
             return sent
         due = started + int(sent * interval)
         if now < due:
-            time.sleep((due - now) / 1e9)
+            if due - now > spin_ns:
+                time.sleep((due - now - spin_ns) / 1e9)
             continue
         emit(time.perf_counter_ns())
         sent += 1
 
 
 def shm_writer_process(
-    prefix: str, rate: float, seconds: float, ready: Any, go: Any, results: Any
+    prefix: str, rate: float, seconds: float, ready: Any, go: Any, results: Any, spin_ns: int
 ) -> None:
     with shm.TickerWriter(prefix, CODES, capacity=65536) as writer:
         msg = sample_ticker()
@@ -272,7 +303,7 @@ def shm_writer_process(
             writer.write_ticker(msg, origin_ns)
             write_ns.append(time.perf_counter_ns() - origin_ns)
 
-        _paced(rate, seconds, emit)
+        _paced(rate, seconds, emit, spin_ns=spin_ns)
         results.put(("writer", write_ns))
         # Keep the segment until the reader has drained it.
         go.clear()
@@ -313,13 +344,15 @@ def queue_writer_process(channel: Any, rate: float, seconds: float, go: Any) -> 
     channel.put(None)
 
 
-def visibility(rate: float, seconds: float) -> dict[str, Any]:
+def shm_visibility(rate: float, seconds: float, *, spin_ns: int) -> dict[str, list[int]]:
+    """One writer and one spinning reader process; their latency samples (ns)."""
     context = multiprocessing.get_context("spawn")
     prefix = f"upfeed-bench-{uuid.uuid4().hex[:8]}"
     results = context.Queue()
     writer_ready, reader_ready, go = context.Event(), context.Event(), context.Event()
     writer = context.Process(
-        target=shm_writer_process, args=(prefix, rate, seconds, writer_ready, go, results)
+        target=shm_writer_process,
+        args=(prefix, rate, seconds, writer_ready, go, results, spin_ns),
     )
     writer.start()
     writer_ready.wait(30)
@@ -338,7 +371,15 @@ def visibility(rate: float, seconds: float) -> dict[str, Any]:
             if process.is_alive():
                 process.kill()
                 process.join(5)
+    return reports
 
+
+def visibility(rate: float, seconds: float) -> dict[str, Any]:
+    sleeping = shm_visibility(rate, seconds, spin_ns=0)
+    # Spinning for a whole interval: the writer never sleeps. (A shorter spin changes
+    # nothing here: Linux's sleeps overshoot by ~50 us, past the 100 us interval.)
+    busy = shm_visibility(rate, seconds, spin_ns=int(1e9 / rate))
+    context = multiprocessing.get_context("spawn")
     channel, go = context.Queue(maxsize=100_000), context.Event()
     producer = context.Process(target=queue_writer_process, args=(channel, rate, seconds, go))
     producer.start()
@@ -363,9 +404,15 @@ def visibility(rate: float, seconds: float) -> dict[str, Any]:
         "rate_per_s": rate,
         "seconds": seconds,
         "reader": "spins on the head (wait_for_head, poll_interval=0), then since()",
-        "shm": _percentiles(reports["reader"]),
-        # The figure above starts before write_ticker; this is the write call's share.
-        "shm_write_call": _percentiles(reports["writer"]),
+        # The writer sleeps between updates: every write runs right after a wake-up.
+        "shm": _percentiles(sleeping["reader"]),
+        # These figures start before write_ticker; this is the write call's share.
+        "shm_write_call": _percentiles(sleeping["writer"]),
+        # The writer spins between updates (warm, like a feed thread kept busy by
+        # traffic); with the reader also spinning, both cores are taken and any other
+        # task preempts one of them for a scheduler tick.
+        "shm_spinning_writer": _percentiles(busy["reader"]),
+        "shm_spinning_writer_write_call": _percentiles(busy["writer"]),
         "baseline_mp_queue_pickle": _percentiles(queue_latencies),
     }
 
