@@ -296,6 +296,8 @@ class UpstreamConnection:
     def _session(self, transport: WsTransport, decoder: HotDecoder) -> None:
         s = self.settings
         route = self._router.route
+        # What a batch publishes goes out together when the batch is done.
+        hold, release = self._bus.hold, self._bus.release
         health = self.health
         clock = self._clock
         name = self.name
@@ -322,8 +324,12 @@ class UpstreamConnection:
             messages = transport.recv_messages(recv_wait)
             if messages:
                 recv_ns = time.time_ns()
-                for _opcode, payload in messages:
-                    route(name, decoder, payload, recv_ns)
+                hold()
+                try:
+                    for _opcode, payload in messages:
+                        route(name, decoder, payload, recv_ns)
+                finally:
+                    release()
                 health.on_messages(len(messages))
                 if not self._delivered:
                     health.on_success()

@@ -12,6 +12,7 @@ import pytest
 import zmq
 
 from feedhandler.publisher import (
+    MAX_HELD_FRAMES,
     BusConfigError,
     CurveClientAuthorizer,
     CurveKeys,
@@ -344,3 +345,52 @@ def test_curve_authorizer_admits_only_listed_client_keys(run_dir, ctx):
     empty.mkdir()
     with pytest.raises(BusConfigError, match=r"no \*\.key"):
         CurveClientAuthorizer(ctx, empty)
+
+
+def seq_of(frame: bytes) -> int:
+    return orjson.loads(frame.partition(b" ")[2])["seq"]
+
+
+def test_held_frames_go_out_at_release_in_publish_order(run_dir, ctx):
+    with Publisher(f"ipc://{run_dir}/pub.sock", context=ctx) as pub:
+        sub = make_sub(ctx, pub.endpoint, b"trade.", b"sys.")
+        wait_joined(pub, sub)
+        sent_before = pub.stats()["sent"]
+        pub.hold()
+        pub.hold()  # a second holder (another connection thread)
+        topics = [(b"trade.KRW-BTC", b"trade.KRW-ETH")[i % 2] for i in range(10)]
+        seqs = [pub.publish(topic, b"{}", i) for i, topic in enumerate(topics)]
+        pub.publish_sys("connected", {"connection": "c"})
+        assert seqs == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+        assert pub.stats()["sent"] == sent_before, "a held frame was sent before release"
+        assert not sub.poll(100)
+        pub.release()  # any release sends everything queued, whoever queued it
+        assert pub.stats()["sent"] == sent_before + 11
+        frames = [sub.recv() for _ in range(11)]
+        got = [(f.partition(b" ")[0], seq_of(f)) for f in frames]
+        assert got == [*zip(topics, seqs, strict=True), (b"sys.connected", 1)]
+        # Still held by the first holder, but MAX_HELD_FRAMES forces a send.
+        for i in range(MAX_HELD_FRAMES):
+            pub.publish(b"trade.KRW-XRP", b"{}", i)
+        assert pub.stats()["sent"] == sent_before + 11 + MAX_HELD_FRAMES
+        forced = [seq_of(sub.recv()) for _ in range(MAX_HELD_FRAMES)]
+        assert forced == list(range(1, MAX_HELD_FRAMES + 1))
+        pub.publish(b"trade.KRW-XRP", b"{}", 0)
+        pub.release()
+        assert seq_of(sub.recv()) == MAX_HELD_FRAMES + 1
+        # Not held any more: a publish is sent at once.
+        pub.publish(b"trade.KRW-XRP", b"{}", 0)
+        assert sub.poll(RECV_TIMEOUT_MS)
+        sub.close(0)
+
+
+def test_close_sends_what_is_held(run_dir, ctx):
+    pub = Publisher(f"ipc://{run_dir}/pub.sock", context=ctx)
+    sub = make_sub(ctx, pub.endpoint, b"trade.")
+    wait_joined(pub, sub)
+    pub.hold()
+    pub.publish(b"trade.KRW-BTC", b"{}", 1)
+    sent = pub.stats()["sent"]
+    pub.close()
+    assert pub.stats()["sent"] == sent + 1
+    sub.close(0)
