@@ -307,10 +307,17 @@ def stage_costs(events: int) -> dict[str, Any]:
             bus=publisher,
             trades=sequencer,
         )
+
+        def route_all() -> int:
+            # As a connection does: the bus holds what a batch publishes, sends it after.
+            publisher.hold()
+            try:
+                return sum(1 for p in mixed if router.route("b", decoder, p, 1) is None)
+            finally:
+                publisher.release()
+
         # One pass only: a trade routed twice is a duplicate and takes a shorter path.
-        out["route_mixed"] = _best_ns(
-            lambda: sum(1 for p in mixed if router.route("b", decoder, p, 1) is None), repeats=1
-        )
+        out["route_mixed"] = _best_ns(route_all, repeats=1)
     finally:
         publisher.close()
         ticker_writer.close(unlink=True)

@@ -354,6 +354,7 @@ class Publisher:
         self._context = context or zmq.Context.instance()
         self._clock_ns = clock_ns
         self._lock = threading.Lock()
+        self._acquire, self._release = self._lock.acquire, self._lock.release
         self._seqs: dict[bytes, int] = {}
         self._sent = 0
         self._dropped = 0
@@ -375,7 +376,9 @@ class Publisher:
 
     def publish(self, topic: bytes, data_json: bytes, recv_ns: int, origin_ns: int = 0) -> int:
         """Send one event; returns the sequence number it took (also when dropped)."""
-        with self._lock:
+        # acquire/release rather than a with-block: this runs for every trade.
+        self._acquire()
+        try:
             seqs = self._seqs
             seq = seqs[topic] = seqs.get(topic, 0) + 1
             if origin_ns:
@@ -401,6 +404,8 @@ class Publisher:
             else:
                 self._sent += 1
             return seq
+        finally:
+            self._release()
 
     def hold(self) -> None:
         """Queue frames from now until the matching :meth:`release` (calls may nest)."""

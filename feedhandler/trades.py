@@ -110,6 +110,7 @@ class TradeSequencer:
         self._publish = publish
         self._publish_sys = publish_sys
         self._lock = threading.Lock()
+        self._acquire, self._release = self._lock.acquire, self._lock.release
         self._codes: dict[str, _CodeState] = {}
         self.jobs: queue.Queue[str] = queue.Queue(maxsize=10_000)
         self.duplicates = 0
@@ -128,8 +129,10 @@ class TradeSequencer:
     def on_live(
         self, code: str, sid: int, timestamp: int, data_json: bytes, recv_ns: int, origin_ns: int
     ) -> None:
-        with self._lock:
-            state = self._state(code)
+        # acquire/release rather than a with-block: this runs for every trade.
+        self._acquire()
+        try:
+            state = self._codes.get(code) or self._state(code)
             if state.in_gap:
                 if len(state.buffer) >= MAX_BUFFERED:
                     state.overflowed += 1
@@ -144,6 +147,8 @@ class TradeSequencer:
             state.last_sid, state.last_timestamp = sid, timestamp
             self.published += 1
             self._publish(code, data_json, recv_ns, origin_ns, False)
+        finally:
+            self._release()
 
     def on_gap(self, codes: Iterable[str]) -> None:
         """A connection carrying these trade codes lost data flow."""
