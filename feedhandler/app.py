@@ -22,6 +22,7 @@ from feedhandler.backoff import Backoff, sleep_interruptibly
 from feedhandler.config import Settings
 from feedhandler.connection import ConnectionSettings, UpstreamConnection
 from feedhandler.control import ControlServer, WorkerRegistry
+from feedhandler.gcstats import GcPauses, freeze_startup_heap
 from feedhandler.health import ConnectionHealth, HealthThresholds, process_health
 from feedhandler.logs import RateLimitedLog, register_secret
 from feedhandler.publisher import CurveKeys, Publisher
@@ -129,6 +130,7 @@ class FeedProcess:
         self.router: Router | None = None
         self._threads: list[threading.Thread] = []
         self._bad_frames = RateLimitedLog(log, interval=10.0)
+        self.gc_pauses = GcPauses()
         self.started_at = time.time()
 
     # -- start -----------------------------------------------------------------------
@@ -142,6 +144,7 @@ class FeedProcess:
 
     def start(self) -> None:
         s = self.settings
+        self.gc_pauses.install()
         self.market_codes = self._fetch_market_codes()
         self.ticker_writer = TickerWriter(
             s.shm.prefix,
@@ -411,6 +414,7 @@ class FeedProcess:
             "rest": {"calls": self.rest.calls, "rate_limited": self.rest.rate_limited},
             "rate_limiter": self.limiter.status(),
             "workers": self.workers.totals() if self.workers else {},
+            "gc": self.gc_pauses.snapshot(),
         }
 
     def status(self) -> dict[str, Any]:
@@ -428,6 +432,17 @@ class FeedProcess:
             "private": PRIVATE_CONNECTION in self.connections,
             "addons": {addon.name: addon.status() for addon in self._started_addons},
         }
+
+    def freeze_gc(self) -> int:
+        """Freeze the heap as it is now (see :mod:`feedhandler.gcstats`); returns the
+        object count. The full collection this starts with is not counted as a pause."""
+        installed = self.gc_pauses.installed
+        self.gc_pauses.uninstall()
+        try:
+            return freeze_startup_heap()
+        finally:
+            if installed:
+                self.gc_pauses.install()
 
     # -- stop ------------------------------------------------------------------------
 
@@ -456,13 +471,20 @@ class FeedProcess:
         for writer in (self.ticker_writer, self.orderbook_writer):
             if writer is not None and not writer.closed:
                 writer.close(unlink=True)
+        self.gc_pauses.uninstall()
         log.info("event=feed_stopped")
 
 
 def run_until_stopped(feed: FeedProcess, wait: Callable[[float], bool]) -> None:
-    """Start ``feed`` and block until ``wait`` reports a stop request, then stop it."""
+    """Start ``feed`` and block until ``wait`` reports a stop request, then stop it.
+
+    This is the process's main loop: once the feed has started, the start-up heap is
+    frozen, so that a full garbage collection no longer stalls the connection threads
+    for milliseconds (see :mod:`feedhandler.gcstats`).
+    """
     try:
         feed.start()
+        log.info("event=gc_frozen objects=%d", feed.freeze_gc())
         while not wait(0.2) and not feed.stopping:
             pass
     finally:

@@ -477,6 +477,7 @@ class FeedCollector(Collector):
         yield _gauge("upfeed_process_rss_bytes", "resident memory", proc["rss_mb"] * 1024 * 1024)
         yield _gauge("upfeed_process_threads", "threads", proc["threads"])
         yield _gauge("upfeed_uptime_seconds", "seconds since start", time.time() - feed.started_at)
+        yield from self._gc(metrics["gc"])
         if self.telemetry is not None:
             yield from self._telemetry(self.telemetry)
         recorder = next((a for a in feed.addons if a.name == "recorder"), None)
@@ -568,6 +569,29 @@ class FeedCollector(Collector):
         for bucket, status in sorted(rl["buckets"].items()):
             available.add_metric([bucket], status["available"])
         yield available
+
+    @staticmethod
+    def _gc(gc: dict[str, Any]) -> Iterator[Metric]:
+        yield _gauge(
+            "upfeed_gc_frozen_objects", "start-up objects exempt from collection", gc["frozen"]
+        )
+        runs = CounterMetricFamily(
+            "upfeed_gc_collections", "garbage collections", labels=["generation"]
+        )
+        paused = CounterMetricFamily(
+            "upfeed_gc_pause_seconds", "time stopped in collections", labels=["generation"]
+        )
+        longest = GaugeMetricFamily(
+            "upfeed_gc_pause_max_seconds", "longest collection", labels=["generation"]
+        )
+        for entry in gc["generations"]:
+            label = [str(entry["generation"])]
+            runs.add_metric(label, entry["collections"])
+            paused.add_metric(label, entry["pause_ms_total"] / 1000)
+            longest.add_metric(label, entry["pause_ms_max"] / 1000)
+        yield runs
+        yield paused
+        yield longest
 
     @staticmethod
     def _shm(segments: list[dict[str, Any]]) -> Iterator[Metric]:

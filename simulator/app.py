@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -129,6 +130,10 @@ async def serve_forever(config: SimulatorConfig) -> None:
         loop.add_signal_handler(signum, stop.set)
     exchange = Exchange(config)
     urls = await exchange.start()
+    # A full collection over the start-up heap stalls the event loop for ~10 ms, which
+    # would show up as a burst in every paced stream; the feed process does the same.
+    gc.collect()
+    gc.freeze()
     sys.stdout.write(json.dumps(urls) + "\n")
     sys.stdout.flush()
     await stop.wait()

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from feedhandler.control import ControlClient
 from simulator import Simulator
 from tests.conftest import SHM_DIR, wait_until
 
@@ -137,11 +138,17 @@ def test_sigterm_stops_within_two_seconds_and_unlinks_shm(feed_harness):
             lambda: any(c["requests"] for c in sim.control.journal(sids=False)["connections"]), 10
         )
         time.sleep(0.5)
+        with ControlClient(harness.settings().control_endpoint(), timeout=5.0) as client:
+            gc_stats = client.call("metrics")["gc"]
         code, out, took = stop_feed(proc)
     assert code == 0, out.decode(errors="replace")[-2000:]
     assert took < 2.0, took
     assert not any(p.exists() for p in segments)
     assert b"event=feed_stopped" in out
+    # The process froze its start-up heap, so full collections stay short.
+    assert b"event=gc_frozen" in out
+    assert gc_stats["frozen"] > 10_000
+    assert [g["generation"] for g in gc_stats["generations"]] == [0, 1, 2]
 
 
 def test_private_types_without_keys_exit_2_with_one_clear_line(tmp_path: Path):

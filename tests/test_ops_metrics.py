@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import urllib.request
 
 import numpy as np
@@ -99,6 +100,13 @@ def test_metrics_endpoint_follows_the_feed(feed_harness):
         assert value(first, "upfeed_process_rss_bytes") > 10e6
         assert value(first, "upfeed_shm_capacity", segment="ticker") == 4096
         assert value(first, "upfeed_route_seconds_count") > 0
+        # A full collection in this process (the feed runs in it) shows up at once.
+        full_before = value(first, "upfeed_gc_collections_total", generation="2")
+        gc.collect()
+        gc_after = scrape(server.url)
+        assert value(gc_after, "upfeed_gc_collections_total", generation="2") >= full_before + 1
+        assert value(gc_after, "upfeed_gc_pause_max_seconds", generation="2") > 0
+        assert ("upfeed_gc_frozen_objects", ()) in gc_after
         assert ("upfeed_rate_limiter_rate_factor", ()) in first
         buckets = [
             v
