@@ -179,13 +179,62 @@ def numpy_fieldwise_write(row: np.ndarray, msg: Ticker, recv_ns: int) -> None:
 
 
 def pack_floor(number: int, repeats: int) -> dict[str, float]:
-    """One ``struct.pack_into`` of a whole record from values already in hand: what a
-    write costs at least in Python, before any seqlock word, lookup or latest copy."""
+    """What a record write costs at least in Python, measured two ways.
+
+    ``floor_pack_into_*``: one ``struct.pack_into`` of a whole record from values already
+    in hand. ``floor_seqlocked_ticker_from_struct``: what no writer of a decoded ticker
+    can skip: seq word odd, the pack with every value read from the struct (enums
+    through their maps), seq word even, head; no lock, symbol lookup or latest copy.
+    """
     target = bytearray(TICKER_DTYPE.itemsize + ORDERBOOK_DTYPE.itemsize)
+    words = memoryview(target).cast("Q")
     ticker_values = (1, 1, 1, 1, 0, 1, 1, 2, 1, 0, 2, 1, *(1.5,) * len(TICKER_FLOAT_FIELDS))
     book_values = (1, 1, 1, 1, 0, 15, 2, 1.5, 1.5, 0.0, *(1.5,) * 60)
     pack_ticker = TICKER_STRUCT.pack_into
     pack_book = ORDERBOOK_STRUCTS[15].pack_into
+    change, ask_bid, state = shm.CHANGE, shm.ASK_BID, shm.MARKET_STATE
+    warning, stream, suspended = shm.MARKET_WARNING, shm.STREAM_TYPE, shm.TRADING_SUSPENDED
+    m = sample_ticker()
+
+    def seqlocked_ticker() -> None:
+        words[0] = 1
+        pack_ticker(
+            target,
+            8,
+            1,
+            1,
+            m.sim_ns,
+            m.timestamp,
+            0,
+            change[m.change],
+            ask_bid[m.ask_bid],
+            state[m.market_state],
+            warning[m.market_warning],
+            suspended[m.is_trading_suspended],
+            stream[m.stream_type],
+            m.trade_timestamp,
+            m.opening_price,
+            m.high_price,
+            m.low_price,
+            m.trade_price,
+            m.prev_closing_price,
+            m.change_price,
+            m.signed_change_price,
+            m.change_rate,
+            m.signed_change_rate,
+            m.trade_volume,
+            m.acc_trade_volume,
+            m.acc_trade_volume_24h,
+            m.acc_trade_price,
+            m.acc_trade_price_24h,
+            m.acc_ask_volume,
+            m.acc_bid_volume,
+            m.highest_52_week_price,
+            m.lowest_52_week_price,
+        )
+        words[0] = 2
+        words[1] = 1
+
     return {
         "floor_pack_into_ticker": per_call_ns(
             lambda: pack_ticker(target, 8, *ticker_values), number, repeats
@@ -193,6 +242,7 @@ def pack_floor(number: int, repeats: int) -> dict[str, float]:
         "floor_pack_into_orderbook15": per_call_ns(
             lambda: pack_book(target, 8, *book_values), number, repeats
         ),
+        "floor_seqlocked_ticker_from_struct": per_call_ns(seqlocked_ticker, number, repeats),
     }
 
 

@@ -21,7 +21,8 @@ def test_bench_shm_reports_costs_latencies_and_baseline(
     assert json.loads(capsys.readouterr().out) == report
     assert set(report["write_ns"]) >= {"ticker", "orderbook15", "orderbook30"}
     assert "baseline_numpy_fieldwise_ticker" in report["write_ns"]
-    assert {"floor_pack_into_ticker", "floor_pack_into_orderbook15"} <= set(report["write_ns"])
+    floors = {"floor_pack_into_ticker", "floor_pack_into_orderbook15"}
+    assert floors | {"floor_seqlocked_ticker_from_struct"} <= set(report["write_ns"])
     assert set(report["read_ns"]) >= {"latest_ticker", "latest_orderbook15"}
     assert all(value > 0 for value in (*report["write_ns"].values(), *report["read_ns"].values()))
     visibility = report["visibility_us"]
