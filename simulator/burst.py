@@ -35,8 +35,10 @@ POOL_FRAMES = 8192
 CHUNK_BYTES = 128 * 1024
 _WRITE_HIGH = 512 * 1024
 BURST_TYPES = ("trade", "ticker", "orderbook")
-_STAMP_SLOT = b',"sim_ns":0000000000000000000}'
-_STAMP_DIGITS = 19
+# A frame's stamp, written into fixed-width digits just before the frame goes out
+# (time.time_ns() has 19 digits until the year 2286).
+STAMP_SLOT = b',"sim_ns":0000000000000000000}'
+STAMP_DIGITS = 19
 
 
 class Pool:
@@ -101,7 +103,7 @@ def build_pool(exchange: Exchange, client: Client, size: int, types: list[str] |
         for payload, is_trade in payloads:
             if len(ends) >= size:
                 break
-            body = payload[:-1] + _STAMP_SLOT if stamp else payload
+            body = payload[:-1] + STAMP_SLOT if stamp else payload
             if client.list_format:
                 body = b"[" + body + b"]"
             head = header(len(body))
@@ -111,7 +113,7 @@ def build_pool(exchange: Exchange, client: Client, size: int, types: list[str] |
                 at = offset + len(head) + body.index(sid_key) + len(sid_key)
                 pool.sid_slots.append((at, trade.sequential_id, code))
             if stamp:
-                tail = _STAMP_DIGITS + 1 + (1 if client.list_format else 0)
+                tail = STAMP_DIGITS + 1 + (1 if client.list_format else 0)
                 slots.append(offset + len(head) + len(body) - tail)
             offset += len(head) + len(body)
             ends.append(offset)
@@ -185,7 +187,7 @@ async def _write_passes(
         powers = 10 ** np.arange(sid_width - 1, -1, -1, dtype=np.int64)
     if pool.stamp_slots:
         stamp_index = np.array(pool.stamp_slots, dtype=np.int64)[:, None] + np.arange(
-            _STAMP_DIGITS, dtype=np.int64
+            STAMP_DIGITS, dtype=np.int64
         )
     remaining = count
     sent = written = 0

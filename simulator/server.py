@@ -28,7 +28,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from simulator import encode
-from simulator.burst import run_burst
+from simulator.burst import STAMP_DIGITS, STAMP_SLOT, run_burst
 from simulator.control_api import ControlApi
 from simulator.encode import (
     STATUS_UP,
@@ -52,6 +52,25 @@ from simulator.request import ParsedRequest, RequestError, Stream, parse_request
 from simulator.rest import RestApi
 
 log = logging.getLogger("simulator")
+
+
+def _stamped_frames(payloads: list[bytes], list_format: bool) -> bytearray:
+    """Uncompressed frames of ``payloads``, each ending in ``"sim_ns"``: the time is
+    taken after framing, just before the caller writes them, as the stamp promises."""
+    # Offset of the stamp's first digit from the end of its frame: the digits, "}", "]".
+    back = STAMP_DIGITS + 1 + (1 if list_format else 0)
+    if list_format:
+        frames = [frame(b"[" + p[:-1] + STAMP_SLOT + b"]") for p in payloads]
+    else:
+        frames = [frame(p[:-1] + STAMP_SLOT) for p in payloads]
+    data = bytearray(b"".join(frames))
+    stamp = b"%d" % time.time_ns()
+    end = 0
+    for framed in frames:
+        end += len(framed)
+        data[end - back : end - back + STAMP_DIGITS] = stamp
+    return data
+
 
 PUBLIC_PATH = "/websocket/v1"
 PRIVATE_PATH = "/websocket/v1/private"
@@ -634,14 +653,18 @@ class Exchange:
         ):
             pending.clear()
             return
-        if self.config.stamp:
-            stamp = b',"sim_ns":%d}' % time.time_ns()
-            pending = [p[:-1] + stamp for p in pending]
         framer = client.framer
-        if client.list_format:
-            data = b"".join(framer(b"[" + p + b"]") for p in pending)
+        if self.config.stamp and framer is frame:
+            data = _stamped_frames(pending, client.list_format)
         else:
-            data = b"".join(map(framer, pending))
+            if self.config.stamp:
+                # Compressed frames cannot be patched after framing: stamp first.
+                stamp = b',"sim_ns":%d}' % time.time_ns()
+                pending = [p[:-1] + stamp for p in pending]
+            if client.list_format:
+                data = b"".join(framer(b"[" + p + b"]") for p in pending)
+            else:
+                data = b"".join(map(framer, pending))
         client.pending = []
         transport.write(data)
         client.last_tx = self.monotonic()

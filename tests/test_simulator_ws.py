@@ -342,6 +342,29 @@ def test_stamp_is_opt_in_trailing_field():
             assert collect(ws, lambda m: bool(m) and "status" in m[-1])[-1] == {"status": "UP"}
         finally:
             ws.close()
+        # Several frames per write, in the list format too: each is valid JSON whose
+        # stamp was written after it was framed, the same for every frame of a write.
+        listed = connect(sim.public_url)
+        try:
+            codes = ["KRW-BTC", "KRW-ETH", "KRW-XRP"]
+            listed.send(
+                request(
+                    {"type": "ticker", "codes": codes},
+                    {"type": "trade", "codes": codes},
+                    fmt="JSON_LIST",
+                )
+            )
+            before_ns = time.time_ns()
+            items = collect_for(listed, 1.0)
+        finally:
+            listed.close()
+        elements = [element for item in items for element in item]
+        assert len(elements) > 20
+        for element in elements:
+            assert list(element)[-1] == "sim_ns"
+            assert type(element["sim_ns"]) is int and len(str(element["sim_ns"])) == 19
+        live = [e for e in elements if e["stream_type"] == "REALTIME"]
+        assert live and all(e["sim_ns"] >= before_ns for e in live)
 
 
 def test_unknown_path_is_404(sim):
