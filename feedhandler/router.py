@@ -55,6 +55,21 @@ class UpstreamError(Exception):
         return self.name in AUTH_ERROR_NAMES
 
 
+#: The keys of :attr:`Router.counts`.
+MESSAGE_KINDS: tuple[str, ...] = (
+    "ticker",
+    "orderbook",
+    "trade",
+    "candle",
+    "myOrder",
+    "myAsset",
+    "status",
+    "error",
+    "other",
+    "bad_frame",
+)
+
+
 class Router:
     """Turns raw frames of one connection into shm writes and bus messages."""
 
@@ -72,7 +87,9 @@ class Router:
         self._bus = bus
         self._trades = trades
         self._on_bad_frame = on_bad_frame
-        self.counts: Counter[str] = Counter()
+        # A plain dict with every key present: its increments are specialised by the
+        # interpreter, a Counter's take 2.5 times as long (one per frame).
+        self.counts: dict[str, int] = dict.fromkeys(MESSAGE_KINDS, 0)
         self.unknown_codes: Counter[str] = Counter()
         self._base_handlers: tuple[tuple[type, Callable[[str, Any, int], None]], ...] = (
             (HotTicker, self._on_ticker),
