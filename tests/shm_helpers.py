@@ -259,7 +259,12 @@ def reader_main(
             missing = int(new_cursor - cursor - len(records))
             if missing != lost or (len(seqs) and (np.any(np.diff(seqs) <= 0))):
                 gap_mismatch += 1
-            if len(seqs) and seqs[-1] != new_cursor:
+            # Records lie in (cursor, new_cursor], and the newest one is there unless
+            # something was lost: a reader preempted mid-copy can see the writer lap the
+            # whole ring, head record included, and then counts it as overrun.
+            if len(seqs) and (
+                seqs[0] <= cursor or seqs[-1] > new_cursor or (not lost and seqs[-1] != new_cursor)
+            ):
                 gap_mismatch += 1
             received += len(records)
             overrun += lost
