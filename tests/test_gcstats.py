@@ -28,12 +28,15 @@ def test_every_collection_is_counted_and_timed_by_generation():
     gc.collect(2)  # no longer counted
     snap = pauses.snapshot()
     by_gen = {g["generation"]: g for g in snap["generations"]}
+    # At least the explicit collections (another thread may trigger more meanwhile).
     assert by_gen[0]["collections"] >= 1
-    assert by_gen[2]["collections"] == 2
+    assert by_gen[2]["collections"] >= 2
     # The self-referencing list was garbage for the first of these collections.
-    assert by_gen[0]["collected"] + by_gen[2]["collected"] >= 1
-    assert by_gen[2]["pause_ms_total"] == 2 * 0.0015
-    assert by_gen[2]["pause_ms_max"] == 0.0015
+    assert sum(g["collected"] for g in snap["generations"]) >= 1
+    for g in snap["generations"]:
+        # Two clock readings per collection, 1.5 us apart.
+        assert g["pause_ms_total"] == round(g["collections"] * 0.0015, 6)
+        assert g["pause_ms_max"] == (0.0015 if g["collections"] else 0.0)
     assert snap["frozen"] == gc.get_freeze_count()
 
 
