@@ -26,7 +26,7 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed
 
 from simulator.encode import encode_orderbook, encode_ticker, encode_trade
-from simulator.frames import header
+from simulator.frames import STAMP_DIGITS, header, stamp_digits_back, with_stamp_slot
 
 if TYPE_CHECKING:
     from simulator.server import Client, Exchange
@@ -35,10 +35,6 @@ POOL_FRAMES = 8192
 CHUNK_BYTES = 128 * 1024
 _WRITE_HIGH = 512 * 1024
 BURST_TYPES = ("trade", "ticker", "orderbook")
-# A frame's stamp, written into fixed-width digits just before the frame goes out
-# (time.time_ns() has 19 digits until the year 2286).
-STAMP_SLOT = b',"sim_ns":0000000000000000000}'
-STAMP_DIGITS = 19
 
 
 class Pool:
@@ -103,9 +99,10 @@ def build_pool(exchange: Exchange, client: Client, size: int, types: list[str] |
         for payload, is_trade in payloads:
             if len(ends) >= size:
                 break
-            body = payload[:-1] + STAMP_SLOT if stamp else payload
-            if client.list_format:
-                body = b"[" + body + b"]"
+            if stamp:
+                body = with_stamp_slot(payload, client.list_format)
+            else:
+                body = b"[" + payload + b"]" if client.list_format else payload
             head = header(len(body))
             parts.append(head)
             parts.append(body)
@@ -113,8 +110,8 @@ def build_pool(exchange: Exchange, client: Client, size: int, types: list[str] |
                 at = offset + len(head) + body.index(sid_key) + len(sid_key)
                 pool.sid_slots.append((at, trade.sequential_id, code))
             if stamp:
-                tail = STAMP_DIGITS + 1 + (1 if client.list_format else 0)
-                slots.append(offset + len(head) + len(body) - tail)
+                back = stamp_digits_back(client.list_format)
+                slots.append(offset + len(head) + len(body) - back)
             offset += len(head) + len(body)
             ends.append(offset)
         if i > size * 4 and not ends:

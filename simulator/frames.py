@@ -14,6 +14,11 @@ _MEDIUM = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
 _SYNC_TAIL = b"\x00\x00\xff\xff"
 
+# A market frame's "sim_ns" stamp, written into fixed-width digits just before the frame
+# goes out (time.time_ns() has 19 digits until the year 2286).
+STAMP_SLOT = b',"sim_ns":0000000000000000000}'
+STAMP_DIGITS = 19
+
 
 def header(length: int, opcode: int = OP_BINARY, compressed: bool = False) -> bytes:
     first = 0x80 | opcode | (RSV1 if compressed else 0)
@@ -27,6 +32,19 @@ def header(length: int, opcode: int = OP_BINARY, compressed: bool = False) -> by
 def frame(payload: bytes, opcode: int = OP_BINARY) -> bytes:
     """One complete unfragmented frame carrying ``payload``."""
     return header(len(payload), opcode) + payload
+
+
+def with_stamp_slot(payload: bytes, list_format: bool) -> bytes:
+    """``payload`` (a JSON object) ending in a zeroed ``"sim_ns"`` slot; in ``[ ]`` for
+    the list formats."""
+    body = payload[:-1] + STAMP_SLOT
+    return b"[" + body + b"]" if list_format else body
+
+
+def stamp_digits_back(list_format: bool) -> int:
+    """How far before the end of a :func:`with_stamp_slot` body its first stamp digit is:
+    the digits, ``}`` and, for the list formats, ``]``."""
+    return STAMP_DIGITS + 1 + (1 if list_format else 0)
 
 
 class Deflater:

@@ -28,7 +28,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from simulator import encode
-from simulator.burst import STAMP_DIGITS, STAMP_SLOT, run_burst
+from simulator.burst import run_burst
 from simulator.control_api import ControlApi
 from simulator.encode import (
     STATUS_UP,
@@ -40,7 +40,15 @@ from simulator.encode import (
     encode_trade,
     is_list_format,
 )
-from simulator.frames import OP_BINARY, Deflater, frame, header
+from simulator.frames import (
+    OP_BINARY,
+    STAMP_DIGITS,
+    Deflater,
+    frame,
+    header,
+    stamp_digits_back,
+    with_stamp_slot,
+)
 from simulator.generator import MarketGenerator, MarketState, Trade
 from simulator.http import HttpServer
 from simulator.journal import ConnectionRecord, Journal
@@ -57,12 +65,8 @@ log = logging.getLogger("simulator")
 def _stamped_frames(payloads: list[bytes], list_format: bool) -> bytearray:
     """Uncompressed frames of ``payloads``, each ending in ``"sim_ns"``: the time is
     taken after framing, just before the caller writes them, as the stamp promises."""
-    # Offset of the stamp's first digit from the end of its frame: the digits, "}", "]".
-    back = STAMP_DIGITS + 1 + (1 if list_format else 0)
-    if list_format:
-        frames = [frame(b"[" + p[:-1] + STAMP_SLOT + b"]") for p in payloads]
-    else:
-        frames = [frame(p[:-1] + STAMP_SLOT) for p in payloads]
+    back = stamp_digits_back(list_format)
+    frames = [frame(with_stamp_slot(p, list_format)) for p in payloads]
     data = bytearray(b"".join(frames))
     stamp = b"%d" % time.time_ns()
     end = 0
