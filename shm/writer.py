@@ -287,6 +287,18 @@ class SnapshotWriter:
             raise ValueError(f"shm writer for {self.name!r} is closed")
         return self._segment
 
+    def _store_or_abandon(self, slot: int, what: str, store: Callable[[], object]) -> None:
+        """Run a slow-path ``store`` into ``slot``; if it fails the slot is abandoned, and
+        a value the record cannot hold becomes a TypeError naming ``what``."""
+        try:
+            store()
+        except (struct.error, TypeError) as exc:
+            self._abandon(slot)
+            raise TypeError(f"{what} has a field shm cannot store: {exc}") from exc
+        except BaseException:
+            self._abandon(slot)
+            raise
+
     def _abandon(self, slot: int) -> None:
         # A write that failed half-way: the slot's previous record is gone, and seq 0 makes
         # readers count it as overrun. The next message reuses the slot (head is unmoved).
@@ -381,8 +393,10 @@ class TickerWriter(SnapshotWriter):
         self, msg: Any, *, slot: int, feed_seq: int, recv_ns: int, symbol: int
     ) -> None:
         """Slow path: absent (None) fields, unknown enum strings, no ``sim_ns`` attribute."""
-        try:
-            L.TICKER_STRUCT.pack_into(
+        self._store_or_abandon(
+            slot,
+            f"ticker for {msg.code!r}",
+            lambda: L.TICKER_STRUCT.pack_into(
                 self._buf,
                 slot + 8,
                 feed_seq,
@@ -398,13 +412,8 @@ class TickerWriter(SnapshotWriter):
                 _STREAM_TYPE(msg.stream_type, 0),
                 msg.trade_timestamp or 0,
                 *_nan_for_none(getattr(msg, name) for name in L.TICKER_FLOAT_FIELDS),
-            )
-        except (struct.error, TypeError) as exc:
-            self._abandon(slot)
-            raise TypeError(f"ticker for {msg.code!r} has a field shm cannot store: {exc}") from exc
-        except BaseException:
-            self._abandon(slot)
-            raise
+            ),
+        )
 
     write = write_ticker
 
@@ -496,9 +505,11 @@ class OrderbookWriter(SnapshotWriter):
         recv_ns: int,
         symbol: int,
     ) -> None:
-        """Slow path for messages with absent (None) fields or unknown enum strings."""
-        try:
-            L.ORDERBOOK_STRUCTS[len(units)].pack_into(
+        """Slow path: absent (None) fields, unknown enum strings, no ``sim_ns`` attribute."""
+        self._store_or_abandon(
+            slot,
+            f"orderbook for {msg.code!r}",
+            lambda: L.ORDERBOOK_STRUCTS[len(units)].pack_into(
                 self._buf,
                 slot + 8,
                 feed_seq,
@@ -512,15 +523,8 @@ class OrderbookWriter(SnapshotWriter):
                 *_nan_for_none(
                     _flatten(u if isinstance(u, tuple) else _UNIT_VALUES(u) for u in units)
                 ),
-            )
-        except (struct.error, TypeError) as exc:
-            self._abandon(slot)
-            raise TypeError(
-                f"orderbook for {msg.code!r} has a field shm cannot store: {exc}"
-            ) from exc
-        except BaseException:
-            self._abandon(slot)
-            raise
+            ),
+        )
 
     write = write_orderbook
 
