@@ -29,7 +29,7 @@ import stat
 import threading
 import time
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -409,12 +409,7 @@ class Publisher:
                 if len(held) >= MAX_HELD_FRAMES:
                     self._send_held()
                 return seq
-            try:
-                self._send(frame, zmq.NOBLOCK)
-            except zmq.Again:
-                self._dropped += 1
-            else:
-                self._sent += 1
+            self._send_frames((frame,))
             return seq
         finally:
             self._release()
@@ -438,8 +433,12 @@ class Publisher:
         if self._closed:
             self._dropped += len(held)
             return
+        self._send_frames(held)
+
+    def _send_frames(self, frames: Sequence[bytes]) -> None:
+        # Called with the lock held. A send that would block is a drop.
         send = self._send
-        for frame in held:
+        for frame in frames:
             try:
                 send(frame, zmq.NOBLOCK)
             except zmq.Again:
