@@ -317,9 +317,10 @@ class HotDecoder:
         A memoryview or bytearray (a frame parser's reusable buffer) is copied first:
         a HotTrade keeps zero-copy slices of its frame, which must not change later.
         (Each instance replaces this method with an equivalent closure from
-        ``_fast_decode``.)
+        ``_fast_decode``; called through the class, this delegates to it.)
         """
-        return _fast_decode(self._first, self._max_frame_bytes, self._decode_slow)(frame)
+        decode: Callable[[bytes | bytearray | memoryview], Any] = self.__dict__["decode"]
+        return decode(frame)
 
     def _decode_slow(self, frame: object) -> Any:
         """Frames the preferred union refused: the other format, other kinds, drift, errors."""
