@@ -47,6 +47,23 @@ def _cdf(ax: Any, label: str, latency: dict[str, Any]) -> None:
         ax.plot(latency["cdf_us"], latency["cdf_percent"], label=label)
 
 
+def _latency_axis(ax: Any, title: str, xlabel: str) -> None:
+    ax.set_xscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("percent")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _save(fig: Any, out: Path, name: str) -> str:
+    """Write ``fig`` as ``out/name``, free it, and return the name."""
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=100)
+    plt.close(fig)
+    return name
+
+
 def plot_feed(feed: dict[str, Any], out: Path) -> list[str]:
     made = []
     rates = list(feed.get("latency", {}))
@@ -59,16 +76,8 @@ def plot_feed(feed: dict[str, Any], out: Path) -> list[str]:
             )
             _cdf(ax, "wire -> shm reader", entry["wire_to_shm"]["latency_us"])
             _cdf(ax, "wire -> ZeroMQ worker", entry["wire_to_zmq_worker"]["latency_us"])
-            ax.set_xscale("log")
-            ax.set_title(f"{rate} msgs/s")
-            ax.set_xlabel("latency (us, log)")
-            ax.set_ylabel("percent")
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "latency_cdf_feed.png", dpi=100)
-        plt.close(fig)
-        made.append("latency_cdf_feed.png")
+            _latency_axis(ax, f"{rate} msgs/s", "latency (us, log)")
+        made.append(_save(fig, out, "latency_cdf_feed.png"))
     tp = feed.get("throughput", {})
     if tp:
         names = list(tp)
@@ -85,10 +94,7 @@ def plot_feed(feed: dict[str, Any], out: Path) -> list[str]:
         ax.set_ylabel("msgs/s (burst, no loss)")
         ax.legend()
         ax.grid(True, axis="y", alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "throughput_feed.png", dpi=100)
-        plt.close(fig)
-        made.append("throughput_feed.png")
+        made.append(_save(fig, out, "throughput_feed.png"))
     return made
 
 
@@ -102,18 +108,12 @@ def plot_peers(peers: dict[str, Any], out: Path) -> list[str]:
     ax.bar(names, [entrants[n]["throughput"]["msgs_per_s"] or 0 for n in names])
     ax.set_ylabel("order books/s (burst)")
     ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "throughput_peers.png", dpi=100)
-    plt.close(fig)
-    made.append("throughput_peers.png")
+    made.append(_save(fig, out, "throughput_peers.png"))
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.bar(names, [entrants[n].get("rss_mb") or 0 for n in names])
     ax.set_ylabel("RSS MB (with helper processes)")
     ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "rss_peers.png", dpi=100)
-    plt.close(fig)
-    made.append("rss_peers.png")
+    made.append(_save(fig, out, "rss_peers.png"))
     rates = sorted({r for e in entrants.values() for r in e.get("latency", {})}, key=float)
     if rates:
         fig, axes = plt.subplots(1, len(rates), figsize=(5 * len(rates), 4), squeeze=False)
@@ -122,16 +122,8 @@ def plot_peers(peers: dict[str, Any], out: Path) -> list[str]:
                 lat = entrants[name].get("latency", {}).get(rate)
                 if lat:
                     _cdf(ax, name, lat["latency_us"])
-            ax.set_xscale("log")
-            ax.set_title(f"order books, {rate} msgs/s")
-            ax.set_xlabel("latency to user code (us, log)")
-            ax.set_ylabel("percent")
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "latency_cdf_peers.png", dpi=100)
-        plt.close(fig)
-        made.append("latency_cdf_peers.png")
+            _latency_axis(ax, f"order books, {rate} msgs/s", "latency to user code (us, log)")
+        made.append(_save(fig, out, "latency_cdf_peers.png"))
     return made
 
 
@@ -144,10 +136,7 @@ def plot_soak(memory: dict[str, Any], out: Path) -> list[str]:
     ax.set_xlabel("seconds")
     ax.set_ylabel("feed RSS MB")
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "soak_rss.png", dpi=100)
-    plt.close(fig)
-    return ["soak_rss.png"]
+    return [_save(fig, out, "soak_rss.png")]
 
 
 def _lat_row(name: str, lat: dict[str, Any], vs: Any = None) -> str:
