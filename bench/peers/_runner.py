@@ -10,6 +10,7 @@ standard library only (plus psutil when present).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -23,6 +24,20 @@ except ImportError:  # the peers' venv has it; a bare interpreter falls back to 
     psutil = None
 
 CDF_POINTS = [float(p) for p in range(100)] + [99.1 + i * 0.1 for i in range(10)]
+
+
+def peer_arguments(*, rest_url_required: bool) -> argparse.ArgumentParser:
+    """The options every runner takes: the simulator's WebSocket and REST URLs, the
+    market codes (comma-separated) and the stream types."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    if rest_url_required:
+        parser.add_argument("--rest-url", required=True)
+    else:
+        parser.add_argument("--rest-url", default="")
+    parser.add_argument("--codes", required=True)
+    parser.add_argument("--types", default="orderbook")
+    return parser
 
 
 def _percentile(ordered: list[float], percent: float) -> float:

@@ -7,22 +7,17 @@ No decimals, no shm, no bus: ``recv()`` then ``orjson.loads`` per message.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import uuid
 
 import orjson
 import websocket
-from _runner import Runner, fail
+from _runner import Runner, fail, peer_arguments
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--codes", required=True)
-    parser.add_argument("--types", default="orderbook")
-    parser.add_argument("--rest-url", default="")
+    parser = peer_arguments(rest_url_required=False)
     parser.add_argument("--book-depth", type=int, default=0, help="orderbook CODE.N suffix")
     args = parser.parse_args()
     runner = Runner("floor_websocket_client_orjson", websocket.__version__)

@@ -11,23 +11,17 @@ parses) and latency is taken when ``watch_order_book`` returns, against the newe
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib.metadata
 import sys
 
-from _runner import Runner, fail
+from _runner import Runner, fail, peer_arguments
 
 STAGGER_S = 0.25
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--rest-url", required=True)
-    parser.add_argument("--codes", required=True)
-    parser.add_argument("--types", default="orderbook")
-    args = parser.parse_args()
+    args = peer_arguments(rest_url_required=True).parse_args()
     runner = Runner("ccxt_pro", importlib.metadata.version("ccxt"))
     try:
         import ccxt.pro as ccxtpro  # noqa: PLC0415 - a missing library is a reported result

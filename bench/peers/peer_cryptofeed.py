@@ -10,20 +10,14 @@ callback from the raw message's ``sim_ns``.
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import sys
 
-from _runner import Runner, fail
+from _runner import Runner, fail, peer_arguments
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--rest-url", required=True)
-    parser.add_argument("--codes", required=True)
-    parser.add_argument("--types", default="orderbook")
-    args = parser.parse_args()
+    args = peer_arguments(rest_url_required=True).parse_args()
     runner = Runner("cryptofeed", importlib.metadata.version("cryptofeed"))
     try:
         from cryptofeed import FeedHandler  # noqa: PLC0415

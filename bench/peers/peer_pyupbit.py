@@ -10,21 +10,15 @@ every parsed message through a ``multiprocessing.Queue`` (one type per manager).
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import sys
 import types
 
-from _runner import Runner, fail
+from _runner import Runner, fail, peer_arguments
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--codes", required=True)
-    parser.add_argument("--types", default="orderbook")
-    parser.add_argument("--rest-url", default="")
-    args = parser.parse_args()
+    args = peer_arguments(rest_url_required=False).parse_args()
     runner = Runner("pyupbit", importlib.metadata.version("pyupbit"))
     try:
         import websockets  # noqa: PLC0415
