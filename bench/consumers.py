@@ -62,6 +62,9 @@ class Stats:
         self.by_kind: dict[str, int] = {}
         self.gaps = 0
         self.latencies: list[np.ndarray] = []
+        # shm only: origin -> the feed's receive stamp, and that stamp -> the reader.
+        self.wire_to_feed: list[np.ndarray] = []
+        self.feed_to_reader: list[np.ndarray] = []
         self.started = time.perf_counter()
         self.first: float | None = None
         self.last: float | None = None
@@ -91,6 +94,14 @@ class Stats:
             }
         else:
             out["latency_us"] = {"n": 0}
+        for name, parts in (
+            ("wire_to_feed_recv_us", self.wire_to_feed),
+            ("feed_recv_to_reader_us", self.feed_to_reader),
+        ):
+            if parts:
+                values = np.concatenate(parts) / 1000.0
+                p50, p99 = np.percentile(values, [50, 99])
+                out[name] = {"p50": round(float(p50), 1), "p99": round(float(p99), 1)}
         return out
 
 
@@ -138,6 +149,8 @@ def run_shm(prefix: str, kinds: list[str], spin: bool, sleep_us: float) -> int:
             stats.gaps += overrun
             if n:
                 stats.latencies.append(now - records["origin_ns"])
+                stats.wire_to_feed.append(records["recv_ns"] - records["origin_ns"])
+                stats.feed_to_reader.append(now - records["recv_ns"])
         if idle and not spin:
             if sleep_us > 0:
                 sleep(sleep_us / 1e6)

@@ -210,6 +210,7 @@ def feed_config(
     stall_seconds: float = 10.0,
     sndhwm: int | None = None,
     capacity: int | None = None,
+    busy_poll_us: int = 0,
 ) -> dict[str, Any]:
     """A feed YAML body for a benchmark (URLs, prefix and ipc directory come from the env).
 
@@ -221,7 +222,7 @@ def feed_config(
     )
     return {
         "subscriptions": subscriptions,
-        "connection": {"connect_timeout": 5},
+        "connection": {"connect_timeout": 5, "busy_poll_us": busy_poll_us},
         "shm": shm_section,
         "zmq": {} if sndhwm is None else {"sndhwm": sndhwm},
         "reconnection": {"base_delay": base_delay, "max_delay": 2.0},

@@ -281,6 +281,7 @@ class FeedProcess:
                 heartbeat_interval=s.connection.heartbeat_interval,
                 connect_timeout=s.connection.connect_timeout,
                 recv_timeout=s.connection.recv_timeout,
+                busy_poll=s.connection.busy_poll_us / 1e6,
                 compression=s.connection.enable_compression,
                 stall_seconds=s.health.stall_seconds,
                 base_delay=s.reconnection.base_delay,

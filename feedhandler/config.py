@@ -216,6 +216,10 @@ class ConnectionSettings(_Section):
     recv_timeout: PositiveSeconds = 1.0
     max_codes_per_connection: int = Field(default=1000, ge=1)
     max_connections: int = Field(default=5, ge=1)
+    # Microseconds a connection thread polls its socket without sleeping before it
+    # blocks: 0 blocks at once (no idle CPU); a few thousand keeps a busy feed off the
+    # scheduler's wake-up path at the cost of a core.
+    busy_poll_us: int = Field(default=0, ge=0, le=1_000_000)
 
 
 class ShmSettings(_Section):

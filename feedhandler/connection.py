@@ -52,6 +52,7 @@ class ConnectionSettings:
     heartbeat_interval: float = 30.0
     connect_timeout: float = 10.0
     recv_timeout: float = 1.0
+    busy_poll: float = 0.0
     compression: bool = False
     stall_seconds: float = 10.0
     base_delay: float = 1.0
@@ -295,7 +296,7 @@ class UpstreamConnection:
 
     def _session(self, transport: WsTransport, decoder: HotDecoder) -> None:
         s = self.settings
-        route = self._router.route
+        route_batch = self._router.route_batch
         # What a batch publishes goes out together when the batch is done.
         hold, release = self._bus.hold, self._bus.release
         health = self.health
@@ -306,6 +307,8 @@ class UpstreamConnection:
         quiet_deadline: float | None = None
         trade_codes: frozenset[str] = frozenset()
         recv_wait = min(s.recv_timeout, MAX_RECV_WAIT)
+        busy_poll = s.busy_poll
+        recv_messages = transport.recv_messages
         while not self._stop.is_set():
             version = self.flush.poll()
             if version is not None:
@@ -321,13 +324,12 @@ class UpstreamConnection:
                 trade_codes = self._session_trade_codes = self._trade_codes(plan)
                 self._trades.on_resubscribed(trade_codes)
                 quiet_deadline = clock() + QUIET_BACKFILL_AFTER
-            messages = transport.recv_messages(recv_wait)
+            messages = recv_messages(recv_wait, busy_poll)
             if messages:
                 recv_ns = time.time_ns()
                 hold()
                 try:
-                    for _opcode, payload in messages:
-                        route(name, decoder, payload, recv_ns)
+                    route_batch(name, decoder, messages, recv_ns)
                 finally:
                     release()
                 health.on_messages(len(messages))

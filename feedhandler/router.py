@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from feedhandler.publisher import Publisher
@@ -118,9 +118,71 @@ class Router:
             # A hot trade checks its decimals when rendered, so the handler can raise too.
             handler(connection, msg, recv_ns)
         except ProtocolError as exc:
-            self.counts["bad_frame"] += 1
-            if self._on_bad_frame is not None:
-                self._on_bad_frame(connection, exc)
+            self._bad_frame(connection, exc)
+
+    def route_batch(
+        self,
+        connection: str,
+        decoder: HotDecoder,
+        messages: Sequence[tuple[int, bytes | memoryview]],
+        recv_ns: int,
+    ) -> None:
+        """Route one socket read's messages: tickers and books are stored as they come,
+        everything else once the batch's shm writes are done.
+
+        A strategy reading shm then never waits for trade sequencing and JSON rendering
+        of frames that arrived in the same read; each sink still sees its own frames in
+        arrival order. Raises UpstreamError on an exchange error frame, after the rest
+        of the batch has been routed.
+        """
+        if "route" in self.__dict__:
+            # route was wrapped (a per-frame timer): every frame goes through the wrapper.
+            route = self.route
+            for _opcode, payload in messages:
+                route(connection, decoder, payload, recv_ns)
+            return
+        tap = self.tap
+        decode = decoder.decode
+        counts = self.counts
+        write_ticker = self._ticker_writer.write_ticker
+        write_orderbook = self._orderbook_writer.write_orderbook
+        deferred: list[Any] = []
+        for _opcode, payload in messages:
+            if tap is not None:
+                tap(connection, payload, recv_ns)
+            try:
+                msg = decode(payload)
+                kind = type(msg)
+                if kind is HotTicker:
+                    try:
+                        write_ticker(msg, recv_ns)
+                    except (UnknownSymbolError, TypeError) as exc:
+                        self._store_failed(self._ticker_writer, "ticker", msg, recv_ns, exc)
+                    counts["ticker"] += 1
+                elif kind is HotOrderbook:
+                    try:
+                        write_orderbook(msg, recv_ns)
+                    except (UnknownSymbolError, TypeError) as exc:
+                        self._store_failed(self._orderbook_writer, "orderbook", msg, recv_ns, exc)
+                    counts["orderbook"] += 1
+                else:
+                    deferred.append(msg)
+            except ProtocolError as exc:
+                self._bad_frame(connection, exc)
+        if not deferred:
+            return
+        handlers = self._handlers
+        for msg in deferred:
+            handler = handlers.get(type(msg)) or self._handler_for(type(msg))
+            try:
+                handler(connection, msg, recv_ns)
+            except ProtocolError as exc:
+                self._bad_frame(connection, exc)
+
+    def _bad_frame(self, connection: str, exc: ProtocolError) -> None:
+        self.counts["bad_frame"] += 1
+        if self._on_bad_frame is not None:
+            self._on_bad_frame(connection, exc)
 
     def _handler_for(self, kind: type) -> Callable[[str, Any, int], None]:
         """Resolve (once per class) the handler of a decoded type or its format subclass."""
@@ -133,22 +195,27 @@ class Router:
     def _on_ticker(self, _connection: str, msg: HotTicker, recv_ns: int) -> None:
         try:
             self._ticker_writer.write_ticker(msg, recv_ns)
-        except UnknownSymbolError:
-            self._write_new_symbol(self._ticker_writer, msg, recv_ns)
-        except TypeError as exc:
-            # Valid JSON whose values do not fit the record (an integer beyond 64
-            # bits, say): a bad frame, not a reason to lose the connection thread.
-            raise ProtocolError(f"ticker not storable in shm ({exc})", msg.code) from exc
+        except (UnknownSymbolError, TypeError) as exc:
+            self._store_failed(self._ticker_writer, "ticker", msg, recv_ns, exc)
         self.counts["ticker"] += 1
 
     def _on_orderbook(self, _connection: str, msg: HotOrderbook, recv_ns: int) -> None:
         try:
             self._orderbook_writer.write_orderbook(msg, recv_ns)
-        except UnknownSymbolError:
-            self._write_new_symbol(self._orderbook_writer, msg, recv_ns)
-        except TypeError as exc:
-            raise ProtocolError(f"orderbook not storable in shm ({exc})", msg.code) from exc
+        except (UnknownSymbolError, TypeError) as exc:
+            self._store_failed(self._orderbook_writer, "orderbook", msg, recv_ns, exc)
         self.counts["orderbook"] += 1
+
+    def _store_failed(
+        self, writer: Any, what: str, msg: Any, recv_ns: int, exc: UnknownSymbolError | TypeError
+    ) -> None:
+        """A shm write refused a message: a market listed after start-up is added if
+        there is room; a value the record cannot hold (an integer beyond 64 bits, say)
+        makes a bad frame, not a reason to lose the connection thread."""
+        if isinstance(exc, UnknownSymbolError):
+            self._write_new_symbol(writer, msg, recv_ns)
+            return
+        raise ProtocolError(f"{what} not storable in shm ({exc})", msg.code) from exc
 
     def _on_trade(self, _connection: str, msg: HotTrade, recv_ns: int) -> None:
         self.counts["trade"] += 1

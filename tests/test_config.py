@@ -55,6 +55,7 @@ def test_defaults_are_the_documented_values():
         "recv_timeout": 1.0,
         "max_codes_per_connection": 1000,
         "max_connections": 5,
+        "busy_poll_us": 0,
     }
     assert s.shm.model_dump() == {
         "prefix": "upfeed",

@@ -452,6 +452,46 @@ def test_frame_in_the_same_segment_as_the_101_response() -> None:
     assert transport.closed
 
 
+def test_busy_poll_reads_what_arrives_while_spinning_and_while_blocked() -> None:
+    release = threading.Event()
+
+    def script(conn: socket.socket, request: bytes) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sendall(upgrade_response(request))
+        time.sleep(0.05)
+        conn.sendall(build_frame(OP_BINARY, b"during the spin", mask_key=None))
+        assert release.wait(TIMEOUT)
+        time.sleep(0.15)
+        conn.sendall(build_frame(OP_BINARY, b"after the spin", mask_key=None))
+        read_until_eof(conn)
+
+    server = RawServer(script)
+    transport = WsTransport.connect(server.url, timeout=TIMEOUT)
+    started = time.monotonic()
+    assert transport.recv_messages(TIMEOUT, spin=TIMEOUT) == [(OP_BINARY, b"during the spin")]
+    # Woken by the data, not by the end of the spin.
+    assert time.monotonic() - started < TIMEOUT / 2
+    release.set()
+    # A 10 ms spin finds nothing; the blocking wait that follows gets the frame.
+    assert [(op, bytes(p)) for op, p in transport.recv_messages(TIMEOUT, spin=0.01)] == [
+        (OP_BINARY, b"after the spin")
+    ]
+    started = time.monotonic()
+    # The spin never outlasts the timeout.
+    assert transport.recv_messages(0.05, spin=TIMEOUT) == []
+    assert time.monotonic() - started < TIMEOUT / 2
+    # Spinning is on the CPU, blocking is not.
+    cpu = time.thread_time()
+    assert transport.recv_messages(0.3, spin=0.3) == []
+    spun = time.thread_time() - cpu
+    cpu = time.thread_time()
+    assert transport.recv_messages(0.3) == []
+    blocked = time.thread_time() - cpu
+    assert spun > 0.03 > blocked, (spun, blocked)
+    transport.close(timeout=0.5)
+    server.result()
+
+
 def test_eof_without_close_frame_is_1006() -> None:
     def script(conn: socket.socket, request: bytes) -> None:
         conn.sendall(upgrade_response(request) + build_frame(OP_BINARY, b"x", mask_key=None))
