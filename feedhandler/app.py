@@ -440,7 +440,8 @@ class FeedProcess:
         installed = self.gc_pauses.installed
         self.gc_pauses.uninstall()
         try:
-            return freeze_startup_heap()
+            self.gc_pauses.frozen = freeze_startup_heap()
+            return self.gc_pauses.frozen
         finally:
             if installed:
                 self.gc_pauses.install()
