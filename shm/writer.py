@@ -35,6 +35,7 @@ import numpy as np
 from msgspec.structs import astuple as _astuple
 
 from shm import layout as L
+from shm import native as _native
 from shm.errors import SymbolTableFullError, UnknownSymbolError
 from shm.segment import (
     WritableSegment,
@@ -113,13 +114,17 @@ class SnapshotWriter:
         max_symbols: int | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
         continue_stale: bool = True,
+        native: bool | None = None,
     ) -> None:
         """Create and publish ``<prefix>.<kind>`` for ``codes`` with a ring of ``capacity``.
 
         Raises SegmentOwnedError if a live writer holds the name. A stale segment left by
         a dead writer is replaced by a new generation (continuing its feed sequence and
         symbol ids when the layout matches and ``continue_stale`` is true).
+        ``native``: store records with the C stores of :mod:`shm.native` (None: when they
+        are available; True: raise RuntimeError if they are not; False: never).
         """
+        store = self._native_store(native)
         self.name = segment_name(prefix, self.kind)
         self.dtype: np.dtype = L.RECORD_DTYPES[self.kind]
         self._clock_ns = clock_ns
@@ -150,7 +155,14 @@ class SnapshotWriter:
         self._latest_off = geometry.latest_off
         self._index_word = geometry.index_off // 8
         # Everything the per-message path needs, fetched with one attribute load.
-        self._hot: tuple[Any, ...] | None = (self._q, self._buf, self._view, self._record_size)
+        self.native = store is not None
+        self._hot: tuple[Any, ...] | None = (
+            self._q,
+            self._buf,
+            self._view,
+            self._record_size,
+            store,
+        )
         self._targets: dict[str, tuple[int, int, memoryview, int]] = {}
         for code, symbol in self._ids.items():
             self._add_target(code, symbol)
@@ -170,6 +182,16 @@ class SnapshotWriter:
             args=(segment, self._q, self._views, self._owner_pid),
             exitpriority=10,
         )
+
+    @classmethod
+    def _native_store(cls, native: bool | None) -> Callable[..., bool] | None:
+        module = _native.module()
+        if native is True and module is None:
+            raise RuntimeError(f"shm C record stores are unavailable: {_native.STATUS}")
+        if native is False or module is None:
+            return None
+        store: Callable[..., bool] = getattr(module, f"store_{cls.kind}")
+        return store
 
     @property
     def path(self) -> str:
@@ -299,6 +321,10 @@ class SnapshotWriter:
             self._abandon(slot)
             raise
 
+    def _unused_slot(self) -> None:
+        # Nothing was written to the slot just taken: the next message takes it again.
+        self._slots = self._slot_cycle(self._head)
+
     def _abandon(self, slot: int) -> None:
         # A write that failed half-way: the slot's previous record is gone, and seq 0 makes
         # readers count it as overrun. The next message reuses the slot (head is unmoved).
@@ -326,13 +352,23 @@ class TickerWriter(SnapshotWriter):
             hot = self._hot
             if hot is None:
                 raise ValueError(f"shm writer for {self.name!r} is closed")
-            q, buf, view, size = hot
+            q, buf, view, size, store = hot
             try:
                 symbol, latest_word, latest_payload, index_word = self._targets[msg.code]
             except KeyError:
                 raise UnknownSymbolError(self.name, msg.code) from None
             feed_seq = self._head + 1
             slot = next(self._slots)
+            try:
+                stored = store is not None and store(
+                    view, slot, latest_word, index_word, feed_seq, recv_ns, symbol, msg
+                )
+            except BaseException:
+                self._unused_slot()
+                raise
+            if stored:
+                self._head = feed_seq
+                return feed_seq
             odd = feed_seq + feed_seq - 1
             q[slot >> 3] = odd
             try:
@@ -436,28 +472,37 @@ class OrderbookWriter(SnapshotWriter):
             hot = self._hot
             if hot is None:
                 raise ValueError(f"shm writer for {self.name!r} is closed")
-            q, buf, view, size = hot
+            q, buf, view, size, store = hot
             try:
                 symbol, latest_word, latest_payload, index_word = self._targets[msg.code]
             except KeyError:
                 raise UnknownSymbolError(self.name, msg.code) from None
-            units = msg.orderbook_units
-            n_levels = len(units)
-            if n_levels > L.MAX_LEVELS:
-                units = units[: L.MAX_LEVELS]
-                n_levels = L.MAX_LEVELS
-            unit_type = type(units[0]) if n_levels else tuple
-            if unit_type is tuple:
-                values: Iterable[Any] = _flatten(units)
-            elif unit_type in _LEVEL_STRUCTS or _is_level_struct(unit_type):
-                values = _flatten(map(_astuple, units))
-            else:
-                # A flat list comprehension beats attrgetter + chain by ~40% here.
-                values = [
-                    v for u in units for v in (u.ask_price, u.bid_price, u.ask_size, u.bid_size)
-                ]
             feed_seq = self._head + 1
             slot = next(self._slots)
+            try:
+                if store is not None and store(
+                    view, slot, latest_word, index_word, feed_seq, recv_ns, symbol, msg
+                ):
+                    self._head = feed_seq
+                    return feed_seq
+                units = msg.orderbook_units
+                n_levels = len(units)
+                if n_levels > L.MAX_LEVELS:
+                    units = units[: L.MAX_LEVELS]
+                    n_levels = L.MAX_LEVELS
+                unit_type = type(units[0]) if n_levels else tuple
+                if unit_type is tuple:
+                    values: Iterable[Any] = _flatten(units)
+                elif unit_type in _LEVEL_STRUCTS or _is_level_struct(unit_type):
+                    values = _flatten(map(_astuple, units))
+                else:
+                    # A flat list comprehension beats attrgetter + chain by ~40% here.
+                    values = [
+                        v for u in units for v in (u.ask_price, u.bid_price, u.ask_size, u.bid_size)
+                    ]
+            except BaseException:
+                self._unused_slot()
+                raise
             odd = feed_seq + feed_seq - 1
             q[slot >> 3] = odd
             level = msg.level
