@@ -376,6 +376,24 @@ def read_json_line(process: subprocess.Popen[str], timeout: float) -> dict[str, 
     return json.loads(line)
 
 
+def pin_process(pid: int, cpus: set[int]) -> dict[int, set[int]]:
+    """Restrict every thread of ``pid`` to ``cpus``; returns each thread's previous CPUs
+    (for :func:`unpin_process`). Threads started later inherit their creator's set."""
+    before: dict[int, set[int]] = {}
+    for name in os.listdir(f"/proc/{pid}/task"):
+        tid = int(name)
+        with contextlib.suppress(ProcessLookupError):
+            before[tid] = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, cpus)
+    return before
+
+
+def unpin_process(before: dict[int, set[int]]) -> None:
+    for tid, cpus in before.items():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(tid, cpus)
+
+
 class ConsumerError(BenchError):
     """A consumer process reported that it cannot run (``{"ready": false, "error": ...}``)."""
 

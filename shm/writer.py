@@ -11,6 +11,11 @@ Write protocol for each message (``f`` = the feed sequence number it gets)::
 Plain stores through a ``memoryview`` cast to uint64 are single aligned 8-byte stores,
 and x86-64 keeps stores in program order, which is all a seqlock writer needs there.
 
+When the C stores of :mod:`shm.native` are built, a write is one call into them: they
+build the record from the message's slots and run the same protocol with release-ordered
+stores. For anything outside their common case they write nothing, and the Python code
+below stores the message, with the same bytes.
+
 Message objects are read by attribute (the decoder's hot-path structs); numeric fields
 that are None are stored as NaN (floats) or 0 (integers), enum strings through the maps
 in :mod:`shm.layout`. A code outside the symbol table raises

@@ -80,8 +80,21 @@ def test_system_benchmarks_quick(tmp_path: Path) -> None:
     for path in ("floor_websocket_client_orjson", "wire_to_shm", "wire_to_zmq_worker"):
         _latency(entry[path]["latency_us"])
     assert entry["wire_to_shm"]["gaps"] == 0
+    for part in ("wire_to_feed_recv_us", "feed_recv_to_reader_us"):
+        assert _number(entry["wire_to_shm"][part]["p99"])
+    # The low-latency setup: a busy-polling feed pinned to a core of its own.
+    low = entry["low_latency_busy_poll_2000us_pinned"]
+    for path in ("wire_to_shm", "wire_to_zmq_worker"):
+        _latency(low[path]["latency_us"])
+        assert low[path]["gaps"] == 0 and _number(low[path]["feed_cores_used"])
     stages = feed["stages_ns"]
-    for key in ("parse_mixed", "decode_orderbook", "shm_write_orderbook", "route_mixed"):
+    for key in (
+        "parse_mixed",
+        "decode_orderbook",
+        "shm_write_orderbook",
+        "route_mixed",
+        "bare_pipeline_floor_mixed",
+    ):
         assert _number(stages[key]) and stages[key] > 0
     assert set(feed["goals"]) >= {"mixed_msgs_per_core_ge_150k", "mixed_ge_2_5x_floor"}
 
