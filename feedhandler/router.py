@@ -70,6 +70,10 @@ MESSAGE_KINDS: tuple[str, ...] = (
 )
 
 
+# Router.route_batch's lanes: stored in shm as the batch is read, or routed after it.
+_TICKER, _ORDERBOOK, _DEFERRED = 1, 2, 3
+
+
 class Router:
     """Turns raw frames of one connection into shm writes and bus messages."""
 
@@ -102,6 +106,7 @@ class Router:
             (ErrorMessage, self._on_error),
         )
         self._handlers: dict[type, Callable[[str, Any, int], None]] = {}
+        self._lanes: dict[type, int] = {}
         #: Called with (connection, frame, recv_ns) before each frame is decoded, e.g. by
         #: the recorder; None costs one attribute check per frame.
         self.tap: Callable[[str, bytes | memoryview, int], None] | None = None
@@ -143,23 +148,24 @@ class Router:
             return
         tap = self.tap
         decode = decoder.decode
-        counts = self.counts
+        lanes = self._lanes
         write_ticker = self._ticker_writer.write_ticker
         write_orderbook = self._orderbook_writer.write_orderbook
+        counts = self.counts
         deferred: list[Any] = []
         for _opcode, payload in messages:
             if tap is not None:
                 tap(connection, payload, recv_ns)
             try:
                 msg = decode(payload)
-                kind = type(msg)
-                if kind is HotTicker:
+                lane = lanes.get(type(msg)) or self._lane_for(type(msg))
+                if lane == _TICKER:
                     try:
                         write_ticker(msg, recv_ns)
                     except (UnknownSymbolError, TypeError) as exc:
                         self._store_failed(self._ticker_writer, "ticker", msg, recv_ns, exc)
                     counts["ticker"] += 1
-                elif kind is HotOrderbook:
+                elif lane == _ORDERBOOK:
                     try:
                         write_orderbook(msg, recv_ns)
                     except (UnknownSymbolError, TypeError) as exc:
@@ -178,6 +184,18 @@ class Router:
                 handler(connection, msg, recv_ns)
             except ProtocolError as exc:
                 self._bad_frame(connection, exc)
+
+    def _lane_for(self, kind: type) -> int:
+        """Resolve (once per class) whether a decoded type is stored in shm or deferred."""
+        lane = (
+            _TICKER
+            if issubclass(kind, HotTicker)
+            else _ORDERBOOK
+            if issubclass(kind, HotOrderbook)
+            else _DEFERRED
+        )
+        self._lanes[kind] = lane
+        return lane
 
     def _bad_frame(self, connection: str, exc: ProtocolError) -> None:
         self.counts["bad_frame"] += 1

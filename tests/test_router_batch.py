@@ -64,9 +64,9 @@ class Harness:
         )
         self.decoder = HotDecoder(format="DEFAULT")
 
-    def batch(self, *frames: bytes) -> None:
+    def batch(self, *frames: bytes, decoder: HotDecoder | None = None) -> None:
         messages = [(OP_BINARY, memoryview(frame)) for frame in frames]
-        self.router.route_batch("pub-0", self.decoder, messages, 123)
+        self.router.route_batch("pub-0", decoder or self.decoder, messages, 123)
 
     def close(self) -> None:
         self.bus.close()
@@ -76,7 +76,7 @@ class Harness:
 
 @pytest.fixture
 def harness() -> Iterator[Harness]:
-    h = Harness(["KRW-BTC", "KRW-ETH"])
+    h = Harness(["KRW-BTC", "KRW-ETH", "KRW-LAMB"])
     try:
         yield h
     finally:
@@ -131,3 +131,15 @@ def test_a_wrapped_route_sees_every_frame(harness: Harness) -> None:
     assert timer.histogram.count == 3
     assert harness.ticker.head == harness.orderbook.head == 1
     assert [sid for _, sid, _, _ in harness.published] == [1]
+
+
+def test_simple_format_frames_take_the_same_lanes(harness: Harness) -> None:
+    simple = HotDecoder(format="SIMPLE")
+    trade_simple = (SAMPLES / "trade_simple_KRW-LAMB_1.json").read_bytes().strip()
+    harness.batch(
+        trade_simple,
+        (SAMPLES / "ticker_simple_KRW-BTC_1.json").read_bytes().strip(),
+        (SAMPLES / "orderbook_simple_KRW-LAMB_1.json").read_bytes().strip(),
+        decoder=simple,
+    )
+    assert harness.published == [("KRW-LAMB", 1618678262000003, 1, 1)]
