@@ -10,6 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
+import shm
 from feedhandler.control import ControlClient
 from simulator import Simulator
 from tests.conftest import SHM_DIR, wait_until
@@ -149,6 +152,31 @@ def test_sigterm_stops_within_two_seconds_and_unlinks_shm(feed_harness):
     assert b"event=gc_frozen" in out
     assert gc_stats["frozen"] > 10_000
     assert [g["generation"] for g in gc_stats["generations"]] == [0, 1, 2]
+
+
+def test_busy_poll_keeps_the_connection_on_the_cpu_and_still_stops_in_time(feed_harness):
+    with Simulator(markets=2, rate=20.0) as sim:
+        harness = feed_harness(sim, {"subscriptions": [{"type": "ticker", "codes": "all"}]})
+        proc = start_feed(harness, {"UPFEED__CONNECTION__BUSY_POLL_US": "1000000"})
+        try:
+            segment = SHM_DIR / f"{harness.prefix}.ticker"
+            wait_until(segment.exists, 15)
+            reader = shm.attach(harness.prefix, "ticker", timeout=5)
+            try:
+                wait_until(lambda: reader.head >= 3, 10)
+            finally:
+                reader.close()
+            # A quiet market (20 tickers/s): a blocking feed would sleep almost all the
+            # time; a busy-polling one stays on the CPU.
+            process = psutil.Process(proc.pid)
+            before = sum(process.cpu_times()[:2])
+            time.sleep(1.0)
+            busy = sum(process.cpu_times()[:2]) - before
+        finally:
+            code, out, took = stop_feed(proc)
+    assert busy > 0.4, busy
+    assert code == 0, out.decode(errors="replace")[-2000:]
+    assert took < 2.0, took
 
 
 def test_private_types_without_keys_exit_2_with_one_clear_line(tmp_path: Path):
