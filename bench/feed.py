@@ -7,8 +7,10 @@ markets), and consumers (:mod:`bench.consumers`: a shm reader, a ZeroMQ subscrib
 Throughput (scenario 1)
     For each message type and a mix, ``burst`` writes N pre-built frames to the feed's
     connection as fast as TCP drains them (the simulator is never the limit: see
-    ``bench.simulator_burst``), so the feed runs flat out. The rate is counted on the
-    feed's own router counters (first to last frame); loss is checked three ways: the
+    ``bench.simulator_burst``), so the feed runs flat out. The mixed burst runs once
+    more with every thread of the feed confined to one core
+    (``mixed_feed_on_one_core``). The rate is counted on the feed's own router counters
+    (first to last frame); loss is checked three ways: the
     router saw every frame the simulator sent, the shm heads advanced by every ticker
     and orderbook written, and the ZeroMQ subscriber got every trade with no hole in
     the per-topic ``seq``. CPU seconds of the feed process give messages per core.
@@ -229,6 +231,23 @@ def feed_latency(
     finally:
         sim.control.set_rate(0)
     return out
+
+
+def one_core_burst(
+    sim: SimProcess, feed: FeedRun, conn_id: int, bus: Any, frames: int
+) -> dict[str, Any]:
+    """The mixed burst with every thread of the feed confined to one core (the simulator
+    and the subscriber on the others): the issue's "on one core", measured directly."""
+    cpus = sorted(os.sched_getaffinity(0))
+    feed_pins = pin_process(feed.pid, {cpus[-1]})
+    sim_pins = pin_process(sim.pid, set(cpus[:-1]))
+    bus_pins = pin_process(bus.pid, set(cpus[:-1]))
+    try:
+        run_ = feed_burst(sim, feed, conn_id, bus, BURST_SETS["mixed"], frames)
+    finally:
+        for pins in (feed_pins, sim_pins, bus_pins):
+            unpin_process(pins)
+    return {**run_, "feed_cpus": [cpus[-1]]}
 
 
 def low_latency_runs(
@@ -512,6 +531,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # A bus queue deep enough for a whole burst: a drop would be a loss to report,
         # but the subscriber, not the feed, would be what is measured.
         body = feed_config(subscriptions(codes), sndhwm=1_000_000)
+        one_core: dict[str, Any] | None = None
         with FeedRun(sim, body) as feed:
             conn_id = new_connection(sim, before)
             rss_idle = feed.rss_mb()
@@ -521,6 +541,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for name, types in BURST_SETS.items()
                     if name in args.burst_sets
                 }
+                if "mixed" in args.burst_sets and len(os.sched_getaffinity(0)) > 1:
+                    one_core = one_core_burst(sim, feed, conn_id, bus, args.frames)
             feed_lat = {
                 str(int(r)): feed_latency(sim, feed, r, args.seconds, args.shm_sleep_us)
                 for r in rates
@@ -530,6 +552,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.busy_poll_us > 0:
             busy_lat = low_latency_runs(sim, codes, rates, args)
     throughput: dict[str, Any] = {}
+    if one_core is not None:
+        feed_tp["mixed_feed_on_one_core"] = one_core
+        floor_tp["mixed_feed_on_one_core"] = floor_tp["mixed"]
     for name, run_ in feed_tp.items():
         floor_rate = floor_tp[name]["msgs_per_s"]
         throughput[name] = {
@@ -571,10 +596,13 @@ def goals(result: dict[str, Any]) -> dict[str, Any]:
     mixed = result["throughput"].get("mixed")
     if mixed:
         per_core = mixed["msgs_per_cpu_second"]
+        one_core = result["throughput"].get("mixed_feed_on_one_core")
+        pinned = one_core["msgs_per_s"] if one_core else None
         out["mixed_msgs_per_core_ge_150k"] = {
             "measured_per_cpu_second": per_core,
             "measured_wall": mixed["msgs_per_s"],
-            "met": bool(per_core and per_core >= 150_000),
+            "measured_wall_feed_on_one_core": pinned,
+            "met": bool(per_core and per_core >= 150_000 and (pinned is None or pinned >= 150_000)),
         }
         out["mixed_ge_2_5x_floor"] = {
             "ratio": mixed["vs_floor"],

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import zmq
+
 from feedhandler.backoff import Backoff, sleep_interruptibly
 from feedhandler.config import Settings
 from feedhandler.connection import ConnectionSettings, UpstreamConnection
@@ -25,7 +27,7 @@ from feedhandler.control import ControlServer, WorkerRegistry
 from feedhandler.gcstats import GcPauses, freeze_startup_heap
 from feedhandler.health import ConnectionHealth, HealthThresholds, process_health
 from feedhandler.logs import RateLimitedLog, register_secret
-from feedhandler.publisher import CurveKeys, Publisher
+from feedhandler.publisher import CurveKeys, Publisher, start_io_threads_as_batch
 from feedhandler.ratelimit import RateLimiter, RateLimitSettings
 from feedhandler.rest import RestClient, RestError
 from feedhandler.router import Router, publish_trade_to
@@ -159,6 +161,9 @@ class FeedProcess:
             max_symbols=len(self.market_codes) + 256,
         )
         curve = _curve(s)
+        if s.zmq.io_thread_sched_batch:
+            # Before the process's first socket: the context starts its threads then.
+            start_io_threads_as_batch(zmq.Context.instance())
         self.publisher = Publisher(s.pub_endpoint(), sndhwm=s.zmq.sndhwm, curve=curve)
         self.trades = TradeSequencer(publish_trade_to(self.publisher), self.publisher.publish_sys)
         self.router = Router(

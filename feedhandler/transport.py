@@ -265,10 +265,12 @@ class WsTransport:
         if spin > 0.0:
             spin = min(spin, max(timeout, 0.0))
             deadline = time.perf_counter() + spin
-            # poll(0) releases the GIL on every turn, so other threads are not starved.
+            # poll(0) releases the GIL on every turn, and sched_yield hands the core to
+            # any thread waiting for it (ZeroMQ's I/O thread, which never preempts).
             while not poll(0):
                 if time.perf_counter() >= deadline:
                     return bool(poll(max(timeout - spin, 0.0) * 1000.0))
+                os.sched_yield()
             return True
         return bool(poll(max(timeout, 0.0) * 1000.0))
 

@@ -76,6 +76,8 @@ def test_system_benchmarks_quick(tmp_path: Path) -> None:
         assert _number(run["msgs_per_s"]) and _number(run["floor_msgs_per_s"])
         assert _number(run["vs_floor"])
     assert min(feed["throughput"]["mixed"]["routed"].values()) > 0
+    one_core = feed["throughput"]["mixed_feed_on_one_core"]
+    assert one_core["no_loss"] is True and len(one_core["feed_cpus"]) == 1
     entry = feed["latency"]["1000"]
     for path in ("floor_websocket_client_orjson", "wire_to_shm", "wire_to_zmq_worker"):
         _latency(entry[path]["latency_us"])

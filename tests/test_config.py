@@ -68,6 +68,7 @@ def test_defaults_are_the_documented_values():
         "control_endpoint": None,
         "runtime_dir": None,
         "sndhwm": 100_000,
+        "io_thread_sched_batch": True,
         "curve_server_secret_key_file": None,
         "curve_public_key_file": None,
     }

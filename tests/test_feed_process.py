@@ -155,6 +155,7 @@ def test_sigterm_stops_within_two_seconds_and_unlinks_shm(feed_harness):
 
 
 def test_busy_poll_keeps_the_connection_on_the_cpu_and_still_stops_in_time(feed_harness):
+    """Also: ZeroMQ's I/O thread runs as SCHED_BATCH (zmq.io_thread_sched_batch)."""
     with Simulator(markets=2, rate=20.0) as sim:
         harness = feed_harness(sim, {"subscriptions": [{"type": "ticker", "codes": "all"}]})
         proc = start_feed(harness, {"UPFEED__CONNECTION__BUSY_POLL_US": "1000000"})
@@ -172,9 +173,16 @@ def test_busy_poll_keeps_the_connection_on_the_cpu_and_still_stops_in_time(feed_
             before = sum(process.cpu_times()[:2])
             time.sleep(1.0)
             busy = sum(process.cpu_times()[:2]) - before
+            # The bus's I/O thread never preempts the connection thread (zmq section).
+            io_policies = [
+                os.sched_getscheduler(t.id)
+                for t in process.threads()
+                if Path(f"/proc/{proc.pid}/task/{t.id}/comm").read_text().startswith("ZMQbg/IO")
+            ]
         finally:
             code, out, took = stop_feed(proc)
     assert busy > 0.4, busy
+    assert io_policies == [os.SCHED_BATCH]
     assert code == 0, out.decode(errors="replace")[-2000:]
     assert took < 2.0, took
 

@@ -22,6 +22,7 @@ from feedhandler.publisher import (
     encode_frame,
     ensure_runtime_dir,
     load_public_key,
+    start_io_threads_as_batch,
     subscription_prefix,
     topic_for,
 )
@@ -394,3 +395,43 @@ def test_close_sends_what_is_held(run_dir, ctx):
     pub.close()
     assert pub.stats()["sent"] == sent + 1
     sub.close(0)
+
+
+def _io_threads() -> dict[int, int]:
+    """ZeroMQ I/O threads of this process: thread id -> scheduling policy."""
+    threads = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as comm:
+                if comm.read().startswith("ZMQbg/IO"):
+                    threads[int(tid)] = os.sched_getscheduler(int(tid))
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread of another test's context that just ended
+    return threads
+
+
+def _new_io_threads(known: dict[int, int]) -> dict[int, int]:
+    new: dict[int, int] = {}
+    deadline = time.monotonic() + 5.0
+    while not new and time.monotonic() < deadline:
+        new = {t: p for t, p in _io_threads().items() if t not in known}
+        time.sleep(0.01)
+    return new
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policy")
+def test_io_threads_start_as_sched_batch_when_asked():
+    before = _io_threads()
+    asked, plain = zmq.Context(), zmq.Context()
+    try:
+        assert start_io_threads_as_batch(asked)
+        # A context starts its I/O thread with its first socket; the thread names itself.
+        asked.socket(zmq.PUB)
+        batch = _new_io_threads(before)
+        plain.socket(zmq.PUB)
+        other = _new_io_threads({**before, **batch})
+        assert list(batch.values()) == [os.SCHED_BATCH]
+        assert list(other.values()) == [os.SCHED_OTHER]
+    finally:
+        asked.destroy(linger=0)
+        plain.destroy(linger=0)
