@@ -223,7 +223,9 @@ def _feed_options(parser: argparse.ArgumentParser) -> None:
         "--route-sample",
         type=int,
         metavar="N",
-        help="time decode + route of one frame in N (a small cost on every frame)",
+        help="time decode + route of one frame in N (a small cost on every frame; frames "
+        "are then routed one at a time, in arrival order, without storing a read's "
+        "tickers and books first)",
     )
 
 

@@ -231,7 +231,7 @@ class Telemetry:
     def start(self, feed: FeedProcess) -> None:
         self.feed = feed
         if self.route_timer is not None and feed.router is not None:
-            # Connections bind router.route when a session starts, which is after this.
+            # Router.route_batch sends every frame through a wrapped route (per-frame timing).
             feed.router.route = self.route_timer.wrap(feed.router.route)  # type: ignore[method-assign]
         self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
         self._thread.start()
