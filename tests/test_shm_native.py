@@ -41,7 +41,10 @@ def test_the_c_stores_are_built_and_in_use() -> None:
     if native.turned_off():
         pytest.skip(f"{native.DISABLE_ENV} is set")
     # A broken build would otherwise only show up as a slower feed.
-    assert native.available(), native.STATUS
+    assert native.available(), (
+        f"shm C stores {native.STATUS}: install a C compiler and the Python headers and "
+        f"reinstall (make test), or set {native.DISABLE_ENV}=1 to test the Python path"
+    )
 
 
 class Twins:
