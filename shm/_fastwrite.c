@@ -121,7 +121,12 @@ as_code(PyObject *map, PyObject *v, long *out)
         PyErr_Clear();
         return 0;
     }
-    *out = PyLong_AsLong(code);
+    long n = PyLong_AsLong(code);
+    if (n == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = n;
     return 1;
 }
 
