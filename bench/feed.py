@@ -70,7 +70,7 @@ from bench.harness import (
     zmq_consumer,
 )
 from feedhandler.publisher import Publisher
-from feedhandler.router import Router, publish_trade_to
+from feedhandler.router import Router, publish_trade_to, publish_trades_to
 from feedhandler.trades import TradeSequencer
 from feedhandler.upbit.hot import HotDecoder, trade_to_json
 from feedhandler.wsframe import FrameParser, build_frame
@@ -457,7 +457,9 @@ def stage_costs(events: int) -> dict[str, Any]:
         out["shm_write_ticker"] = _best_ns(write_tickers)
         out["shm_write_orderbook"] = _best_ns(write_books)
         out["trade_json_and_publish"] = _best_ns(publish)
-        sequencer = TradeSequencer(publish_trade_to(publisher), publisher.publish_sys)
+        sequencer = TradeSequencer(
+            publish_trade_to(publisher), publisher.publish_sys, publish_trades_to(publisher)
+        )
         router = Router(
             ticker_writer=ticker_writer,
             orderbook_writer=book_writer,

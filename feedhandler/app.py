@@ -30,7 +30,7 @@ from feedhandler.logs import RateLimitedLog, register_secret
 from feedhandler.publisher import CurveKeys, Publisher, start_io_threads_as_batch
 from feedhandler.ratelimit import RateLimiter, RateLimitSettings
 from feedhandler.rest import RestClient, RestError
-from feedhandler.router import Router, publish_trade_to
+from feedhandler.router import Router, publish_trade_to, publish_trades_to
 from feedhandler.subscriptions import (
     PRIVATE_CONNECTION,
     CapacityError,
@@ -165,7 +165,11 @@ class FeedProcess:
             # Before the process's first socket: the context starts its threads then.
             start_io_threads_as_batch(zmq.Context.instance())
         self.publisher = Publisher(s.pub_endpoint(), sndhwm=s.zmq.sndhwm, curve=curve)
-        self.trades = TradeSequencer(publish_trade_to(self.publisher), self.publisher.publish_sys)
+        self.trades = TradeSequencer(
+            publish_trade_to(self.publisher),
+            self.publisher.publish_sys,
+            publish_trades_to(self.publisher),
+        )
         self.router = Router(
             ticker_writer=self.ticker_writer,
             orderbook_writer=self.orderbook_writer,

@@ -432,6 +432,21 @@ class Publisher:
         finally:
             self._release()
 
+    def publish_many(self, events: Sequence[tuple[bytes, bytes, int, int]]) -> None:
+        """:meth:`publish` for each of ``events`` (topic, data_json, recv_ns, origin_ns),
+        in order, under one lock acquisition."""
+        self._acquire()
+        try:
+            seqs = self._seqs
+            held = self._held
+            for topic, data_json, recv_ns, origin_ns in events:
+                seq = seqs[topic] = seqs.get(topic, 0) + 1
+                held.append(encode_frame(topic, seq, recv_ns, data_json, origin_ns))
+            if not self._holders or len(held) >= MAX_HELD_FRAMES:
+                self._send_held()
+        finally:
+            self._release()
+
     def hold(self) -> None:
         """Queue frames from now until the matching :meth:`release` (calls may nest)."""
         with self._lock:

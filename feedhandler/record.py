@@ -36,7 +36,7 @@ import orjson
 from feedhandler.backoff import sleep_interruptibly
 from feedhandler.control import ControlServer, WorkerRegistry
 from feedhandler.publisher import Publisher
-from feedhandler.router import Router, UpstreamError, publish_trade_to
+from feedhandler.router import Router, UpstreamError, publish_trade_to, publish_trades_to
 from feedhandler.trades import TradeSequencer
 from feedhandler.upbit import ProtocolError
 from feedhandler.upbit.hot import HotDecoder
@@ -420,7 +420,11 @@ class Replayer:
             s.shm.prefix, markets, capacity=s.shm.orderbook_capacity, max_symbols=len(markets) + 256
         )
         self.publisher = Publisher(s.pub_endpoint(), sndhwm=s.zmq.sndhwm)
-        self.trades = TradeSequencer(publish_trade_to(self.publisher), self.publisher.publish_sys)
+        self.trades = TradeSequencer(
+            publish_trade_to(self.publisher),
+            self.publisher.publish_sys,
+            publish_trades_to(self.publisher),
+        )
         self.router = Router(
             ticker_writer=self.ticker_writer,
             orderbook_writer=self.orderbook_writer,

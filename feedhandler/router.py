@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from feedhandler.publisher import Publisher
-from feedhandler.trades import TradeSequencer
+from feedhandler.trades import LiveItem, TradeSequencer
 from feedhandler.upbit import ProtocolError
 from feedhandler.upbit.decode import event_to_json
 from feedhandler.upbit.events import Candle, ErrorMessage, MyAsset, MyOrder, Status
@@ -70,8 +70,9 @@ MESSAGE_KINDS: tuple[str, ...] = (
 )
 
 
-# Router.route_batch's lanes: stored in shm as the batch is read, or routed after it.
-_TICKER, _ORDERBOOK, _DEFERRED = 1, 2, 3
+# Router.route_batch's lanes: stored in shm as the batch is read, or routed after it
+# (trades to the sequencer together, everything else through its handler).
+_TICKER, _ORDERBOOK, _TRADE, _DEFERRED = 1, 2, 3, 4
 
 
 class Router:
@@ -178,22 +179,34 @@ class Router:
         if not deferred:
             return
         handlers = self._handlers
+        # Consecutive trades go to the sequencer together (one lock, one publish call).
+        trades: list[LiveItem] = []
         for msg in deferred:
-            handler = handlers.get(type(msg)) or self._handler_for(type(msg))
             try:
+                if lanes[type(msg)] == _TRADE:
+                    counts["trade"] += 1
+                    trades.append(_live_item(msg, recv_ns))
+                    continue
+                if trades:
+                    self._trades.on_live_many(trades)
+                    trades = []
+                handler = handlers.get(type(msg)) or self._handler_for(type(msg))
                 handler(connection, msg, recv_ns)
             except ProtocolError as exc:
                 self._bad_frame(connection, exc)
+        if trades:
+            self._trades.on_live_many(trades)
 
     def _lane_for(self, kind: type) -> int:
-        """Resolve (once per class) whether a decoded type is stored in shm or deferred."""
-        lane = (
-            _TICKER
-            if issubclass(kind, HotTicker)
-            else _ORDERBOOK
-            if issubclass(kind, HotOrderbook)
-            else _DEFERRED
-        )
+        """Resolve (once per class) the lane of a decoded type."""
+        if issubclass(kind, HotTicker):
+            lane = _TICKER
+        elif issubclass(kind, HotOrderbook):
+            lane = _ORDERBOOK
+        elif issubclass(kind, HotTrade):
+            lane = _TRADE
+        else:
+            lane = _DEFERRED
         self._lanes[kind] = lane
         return lane
 
@@ -237,14 +250,7 @@ class Router:
 
     def _on_trade(self, _connection: str, msg: HotTrade, recv_ns: int) -> None:
         self.counts["trade"] += 1
-        self._trades.on_live(
-            msg.code,
-            msg.sequential_id,
-            msg.trade_timestamp,
-            trade_to_json(msg),
-            recv_ns,
-            msg.sim_ns,
-        )
+        self._trades.on_live(*_live_item(msg, recv_ns))
 
     def _on_candle(self, _connection: str, msg: Candle, recv_ns: int) -> None:
         self.counts["candle"] += 1
@@ -286,6 +292,36 @@ class Router:
                 writer.write_orderbook(msg, recv_ns)
         except TypeError as exc:
             raise ProtocolError(f"{msg.code}: not storable in shm ({exc})", msg.code) from exc
+
+
+def _live_item(msg: HotTrade, recv_ns: int) -> LiveItem:
+    """What the sequencer takes of a live trade; rendering checks its decimals, so this
+    raises ProtocolError for a trade that cannot be published."""
+    return (
+        msg.code,
+        msg.sequential_id,
+        msg.trade_timestamp,
+        trade_to_json(msg),
+        recv_ns,
+        msg.sim_ns,
+    )
+
+
+def publish_trades_to(bus: Publisher) -> Callable[[list[tuple[str, bytes, int, int]]], None]:
+    """The TradeSequencer's ``publish_many`` callback: live trades on ``trade.<CODE>``."""
+    topics: dict[str, bytes] = {}
+    publish_many = bus.publish_many
+
+    def publish(trades: list[tuple[str, bytes, int, int]]) -> None:
+        events = []
+        for code, data_json, recv_ns, origin_ns in trades:
+            topic = topics.get(code)
+            if topic is None:
+                topic = topics[code] = f"trade.{code}".encode()
+            events.append((topic, data_json, recv_ns, origin_ns))
+        publish_many(events)
+
+    return publish
 
 
 def publish_trade_to(bus: Publisher) -> Callable[[str, bytes, int, int, bool], None]:

@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -32,6 +32,10 @@ log = logging.getLogger("feedhandler.trades")
 PublishTrade = Callable[[str, bytes, int, int, bool], None]
 # publish_sys(event, fields)
 PublishSys = Callable[[str, dict[str, object]], None]
+# publish_many([(code, data_json, recv_ns, origin_ns), ...]): live trades, in order
+PublishTrades = Callable[[list[tuple[str, bytes, int, int]]], None]
+# on_live_many's items: (code, sequential_id, trade_timestamp, data_json, recv_ns, origin_ns)
+LiveItem = tuple[str, int, int, bytes, int, int]
 
 # Trade ids remembered per market. Duplicates arrive close together (a re-sent frame,
 # the SNAPSHOT trade after a resubscribe, REST pages overlapping the last live trade), so
@@ -106,9 +110,17 @@ def rest_trade_json(trade: RestTrade) -> bytes:
 class TradeSequencer:
     """Per-code trade state shared by the connection threads and the backfill thread."""
 
-    def __init__(self, publish: PublishTrade, publish_sys: PublishSys) -> None:
+    def __init__(
+        self,
+        publish: PublishTrade,
+        publish_sys: PublishSys,
+        publish_many: PublishTrades | None = None,
+    ) -> None:
+        """``publish_many``, if given, takes the live trades of one :meth:`on_live_many`
+        call together (``publish`` one by one otherwise)."""
         self._publish = publish
         self._publish_sys = publish_sys
+        self._publish_many = publish_many or self._publish_each
         self._lock = threading.Lock()
         self._acquire, self._release = self._lock.acquire, self._lock.release
         self._codes: dict[str, _CodeState] = {}
@@ -134,12 +146,7 @@ class TradeSequencer:
         try:
             state = self._codes.get(code) or self._state(code)
             if state.in_gap:
-                if len(state.buffer) >= MAX_BUFFERED:
-                    state.overflowed += 1
-                else:
-                    state.buffer.append(LiveTrade(sid, timestamp, data_json, recv_ns, origin_ns))
-                if state.resubscribed and not state.queued:
-                    self._enqueue(code, state)
+                self._hold_for_backfill(code, state, sid, timestamp, data_json, recv_ns, origin_ns)
                 return
             if not state.remember(sid):
                 self.duplicates += 1
@@ -149,6 +156,52 @@ class TradeSequencer:
             self._publish(code, data_json, recv_ns, origin_ns, False)
         finally:
             self._release()
+
+    def on_live_many(self, trades: Sequence[LiveItem]) -> None:
+        """:meth:`on_live` for each of ``trades`` in order, under one lock acquisition;
+        the ones to publish go to ``publish_many`` in one call."""
+        self._acquire()
+        try:
+            codes = self._codes
+            out: list[tuple[str, bytes, int, int]] = []
+            for code, sid, timestamp, data_json, recv_ns, origin_ns in trades:
+                state = codes.get(code) or self._state(code)
+                if state.in_gap:
+                    self._hold_for_backfill(
+                        code, state, sid, timestamp, data_json, recv_ns, origin_ns
+                    )
+                elif not state.remember(sid):
+                    self.duplicates += 1
+                else:
+                    state.last_sid, state.last_timestamp = sid, timestamp
+                    out.append((code, data_json, recv_ns, origin_ns))
+            if out:
+                self.published += len(out)
+                self._publish_many(out)
+        finally:
+            self._release()
+
+    def _hold_for_backfill(
+        self,
+        code: str,
+        state: _CodeState,
+        sid: int,
+        timestamp: int,
+        data_json: bytes,
+        recv_ns: int,
+        origin_ns: int,
+    ) -> None:
+        # Called with the lock held, for a live trade of a code whose gap is still open.
+        if len(state.buffer) >= MAX_BUFFERED:
+            state.overflowed += 1
+        else:
+            state.buffer.append(LiveTrade(sid, timestamp, data_json, recv_ns, origin_ns))
+        if state.resubscribed and not state.queued:
+            self._enqueue(code, state)
+
+    def _publish_each(self, trades: list[tuple[str, bytes, int, int]]) -> None:
+        for code, data_json, recv_ns, origin_ns in trades:
+            self._publish(code, data_json, recv_ns, origin_ns, False)
 
     def on_gap(self, codes: Iterable[str]) -> None:
         """A connection carrying these trade codes lost data flow."""

@@ -385,6 +385,37 @@ def test_held_frames_go_out_at_release_in_publish_order(run_dir, ctx):
         sub.close(0)
 
 
+def test_publish_many_frames_equal_one_at_a_time_and_respect_holding(run_dir, ctx):
+    with Publisher(f"ipc://{run_dir}/pub.sock", context=ctx) as pub:
+        sub = make_sub(ctx, pub.endpoint, b"trade.")
+        wait_joined(pub, sub)
+        pub.publish(b"trade.KRW-BTC", b'{"a":1}', 10, 20)
+        frames = [sub.recv()]
+        events = [
+            (b"trade.KRW-BTC", b'{"a":2}', 11, 21),
+            (b"trade.KRW-ETH", b'{"a":3}', 12, 0),
+            (b"trade.KRW-BTC", b'{"a":4}', 13, 23),
+        ]
+        pub.hold()
+        pub.publish_many(events)
+        assert not sub.poll(100), "held frames went out before release"
+        pub.release()
+        frames += [sub.recv() for _ in range(3)]
+        # Sequence numbers continue per topic across publish and publish_many.
+        expected = [encode_frame(b"trade.KRW-BTC", 1, 10, b'{"a":1}', 20)] + [
+            encode_frame(topic, seq, recv_ns, data, origin_ns)
+            for (topic, data, recv_ns, origin_ns), seq in zip(events, (2, 1, 3), strict=True)
+        ]
+        assert frames == expected
+        # Not held: sent at once.
+        pub.publish_many([(b"trade.KRW-ETH", b"{}", 1, 0)])
+        assert seq_of(sub.recv()) == 2
+        sub.close(0)
+    sent = pub.stats()["sent"]
+    pub.publish_many([(b"trade.KRW-ETH", b"{}", 1, 0)])  # closed: counted as dropped
+    assert pub.stats()["sent"] == sent and pub.stats()["dropped"] == 1
+
+
 def test_close_sends_what_is_held(run_dir, ctx):
     pub = Publisher(f"ipc://{run_dir}/pub.sock", context=ctx)
     sub = make_sub(ctx, pub.endpoint, b"trade.")

@@ -59,7 +59,12 @@ class Harness:
             ticker_writer=self.ticker,
             orderbook_writer=self.orderbook,
             bus=self.bus,
-            trades=TradeSequencer(publish, self.bus.publish_sys),
+            trades=TradeSequencer(
+                publish,
+                self.bus.publish_sys,
+                # As the feed does: a batch's trades reach the bus in one call.
+                publish_many=lambda trades: [publish(*t, False) for t in trades],
+            ),
             on_bad_frame=lambda connection, exc: self.bad.append((connection, exc)),
         )
         self.decoder = HotDecoder(format="DEFAULT")

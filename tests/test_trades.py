@@ -134,3 +134,45 @@ def test_the_snapshot_of_the_anchor_trade_is_not_published_again_after_a_long_ba
     sids = [sid for sid, _ in published]
     assert sids == list(range(10, 411))
     assert seq.duplicates == 1
+
+
+def _item(sid, ts, code="KRW-BTC"):
+    return (code, sid, ts, orjson.dumps({"sequential_id": sid}), ts * 1000, 7)
+
+
+def test_a_batch_of_live_trades_is_sequenced_like_one_at_a_time():
+    batches = []
+    seq, published, _ = _collect()
+    batched = TradeSequencer(
+        lambda *args: None, lambda event, fields: None, publish_many=batches.append
+    )
+    items = [_item(5, 1005), _item(7, 1007), _item(5, 1005), _item(3, 1003, "KRW-ETH")]
+    batched.on_live_many(items)
+    for code, sid, ts, data, recv_ns, origin_ns in items:
+        seq.on_live(code, sid, ts, data, recv_ns, origin_ns)
+    # One publish call for the batch, with what one-by-one published, in order.
+    assert len(batches) == 1
+    assert [(orjson.loads(d)["sequential_id"], False) for _, d, _, _ in batches[0]] == published
+    assert [(c, r, o) for c, _, r, o in batches[0]] == [
+        ("KRW-BTC", 1005000, 7),
+        ("KRW-BTC", 1007000, 7),
+        ("KRW-ETH", 1003000, 7),
+    ]
+    assert batched.duplicates == seq.duplicates == 1
+    assert batched.published == seq.published == 3
+    # A later duplicate of the batch is dropped; a batch of only duplicates publishes nothing.
+    batched.on_live_many([_item(7, 1007)])
+    assert len(batches) == 1 and batched.duplicates == 2
+
+
+def test_a_batch_during_a_gap_is_held_for_backfill():
+    seq, published, _ = _collect()  # no publish_many: falls back to publish per trade
+    seq.on_live_many([_item(10, 1000)])
+    seq.on_gap(["KRW-BTC"])
+    seq.on_resubscribed(["KRW-BTC"])
+    seq.on_live_many([_item(12, 1002), _item(13, 1003, "KRW-ETH")])
+    # KRW-ETH had no gap (nothing received before it): published; KRW-BTC waits.
+    assert published == [(10, False), (13, False)]
+    assert seq.jobs.get_nowait() == "KRW-BTC"
+    seq.complete("KRW-BTC", [_rest(12, 1002), _rest(11, 1001)], None)
+    assert published == [(10, False), (13, False), (11, True), (12, False)]
