@@ -138,8 +138,10 @@ class Router:
 
         A strategy reading shm then never waits for trade sequencing and JSON rendering
         of frames that arrived in the same read; each sink still sees its own frames in
-        arrival order. Raises UpstreamError on an exchange error frame, after the rest
-        of the batch has been routed.
+        arrival order. An exchange error frame raises UpstreamError once every ticker
+        and book of the read is stored and the frames before it are routed; the
+        exchange closes the connection after it, and the trades of the reconnect's gap
+        are backfilled.
         """
         if "route" in self.__dict__:
             # route was wrapped (a per-frame timer): every frame goes through the wrapper.

@@ -117,7 +117,8 @@ def test_an_error_frame_raises_after_the_rest_of_the_batch(harness: Harness) -> 
         harness.batch(trade(1), ERROR, TICKER, trade(2))
     assert caught.value.name == "INVALID_PARAM"
     assert harness.ticker.head == 1
-    # Trades before the error frame are published; the ones after it wait behind it.
+    # Trades before the error frame are published; the ones after it go with the
+    # connection the exchange closes (the reconnect's backfill recovers them).
     assert [sid for _, sid, _, _ in harness.published] == [1]
     assert harness.router.counts["error"] == 1
 
