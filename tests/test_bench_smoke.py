@@ -10,6 +10,7 @@ downloads and is left out.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,8 +77,9 @@ def test_system_benchmarks_quick(tmp_path: Path) -> None:
         assert _number(run["msgs_per_s"]) and _number(run["floor_msgs_per_s"])
         assert _number(run["vs_floor"])
     assert min(feed["throughput"]["mixed"]["routed"].values()) > 0
-    one_core = feed["throughput"]["mixed_feed_on_one_core"]
-    assert one_core["no_loss"] is True and len(one_core["feed_cpus"]) == 1
+    if len(os.sched_getaffinity(0)) > 1:  # the feed on one core, the rest on the others
+        one_core = feed["throughput"]["mixed_feed_on_one_core"]
+        assert one_core["no_loss"] is True and len(one_core["feed_cpus"]) == 1
     entry = feed["latency"]["1000"]
     for path in ("floor_websocket_client_orjson", "wire_to_shm", "wire_to_zmq_worker"):
         _latency(entry[path]["latency_us"])
