@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -73,7 +73,7 @@ from feedhandler.publisher import Publisher
 from feedhandler.router import Router, publish_trade_to, publish_trades_to
 from feedhandler.trades import TradeSequencer
 from feedhandler.upbit.hot import HotDecoder, trade_to_json
-from feedhandler.wsframe import FrameParser, build_frame
+from feedhandler.wsframe import FrameParser, Message, build_frame
 from shm import OrderbookWriter, TickerWriter
 from simulator.encode import encode_orderbook, encode_ticker, encode_trade
 from simulator.generator import MarketGenerator
@@ -335,6 +335,21 @@ class _BareTrade(msgspec.Struct, tag="trade", tag_field="type", gc=False):
     sequential_id: int
 
 
+def parsed_reads(stream: bytes) -> Iterator[list[Message]]:
+    """``stream`` through a FrameParser as a socket would fill it: the messages each
+    buffer-full completes."""
+    parser = FrameParser()
+    source = memoryview(stream)
+    offset = 0
+    while offset < len(source):
+        free = parser.recv_buffer()
+        size = min(len(free), len(source) - offset)
+        free[:size] = source[offset : offset + size]
+        offset += size
+        parser.commit(size)
+        yield parser.messages()
+
+
 def bare_pipeline_ns(stream: bytes, codes: list[str]) -> float:
     """PERF.md's bare pipeline on the same frames: FrameParser, msgspec structs of only
     the fields stored, one ``pack_into`` per ticker or book into a buffer, the trade's
@@ -353,16 +368,9 @@ def bare_pipeline_ns(stream: bytes, codes: list[str]) -> float:
     send = sock.send
 
     def run() -> int:
-        parser = FrameParser()
-        source = memoryview(stream)
-        offset = n = 0
-        while offset < len(source):
-            free = parser.recv_buffer()
-            size = min(len(free), len(source) - offset)
-            free[:size] = source[offset : offset + size]
-            offset += size
-            parser.commit(size)
-            for _opcode, payload in parser.messages():
+        n = 0
+        for messages in parsed_reads(stream):
+            for _opcode, payload in messages:
                 msg = decode(payload)
                 kind = type(msg)
                 slot = (n & 1023) << 10
@@ -410,17 +418,7 @@ def stage_costs(events: int) -> dict[str, Any]:
     stream = b"".join(build_frame(0x2, p, mask_key=None) for p in mixed)
 
     def parse() -> int:
-        parser = FrameParser()
-        source = memoryview(stream)
-        offset = n = 0
-        while offset < len(source):
-            free = parser.recv_buffer()
-            size = min(len(free), len(source) - offset)
-            free[:size] = source[offset : offset + size]
-            offset += size
-            parser.commit(size)
-            n += len(parser.messages())
-        return n
+        return sum(len(messages) for messages in parsed_reads(stream))
 
     decoder = HotDecoder()
     decoded = {k: [decoder.decode(p) for p in payloads[k]] for k in TYPES}
