@@ -9,7 +9,7 @@
  * map, an integer beyond 64 bits, an object whose fields are not plain slots); the
  * Python writer then stores the message itself, with the same bytes as a result.
  *
- * Message fields are read straight from their slots (_slots.h).
+ * Message fields are read straight from their slots (_slots.h: read_fields).
  * Everything runs with the GIL held and calls no Python code, so a store is never
  * interleaved with another Python thread. The record layout mirrors shm/layout.py;
  * shm/native.py checks the constants below against it before using this module.
@@ -217,12 +217,19 @@ typedef struct {
     PyObject *msg;
 } StoreArgs;
 
+/* change, ask_bid, market_state, market_warning, trading_suspended, stream_type */
+static PyObject *enum_maps[6];
+
 /* (segment, slot, latest_word, index_word, feed_seq, recv_ns, symbol, msg) */
 static int
 parse_store_args(PyObject *const *args, Py_ssize_t nargs, size_t record_size, StoreArgs *out)
 {
     if (nargs != 8) {
         PyErr_Format(PyExc_TypeError, "expected 8 arguments, got %zd", nargs);
+        return 0;
+    }
+    if (enum_maps[0] == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "set_enum_maps() was not called");
         return 0;
     }
     if (!segment_of(args[0], &out->seg)) {
@@ -268,9 +275,6 @@ put_common(uint8_t *rec, const StoreArgs *a, int64_t origin_ns, int64_t timestam
 
 /* -------------------------------------------------------------------------- ticker */
 
-/* change, ask_bid, market_state, market_warning, trading_suspended, stream_type */
-static PyObject *enum_maps[6];
-
 static PyObject *
 store_ticker(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -278,22 +282,9 @@ store_ticker(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!parse_store_args(args, nargs, TICKER_RECORD_SIZE, &a)) {
         return NULL;
     }
-    if (enum_maps[0] == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "set_enum_maps() was not called");
-        return NULL;
-    }
-    const ClassSlots *cls = class_slots(&ticker_cache, Py_TYPE(a.msg));
-    if (cls == NULL) {
-        Py_RETURN_FALSE;
-    }
-    PyObject *msg = a.msg;
-    const Py_ssize_t *off = cls->offset;
     PyObject *values[TK_FIELDS];
-    for (int f = 0; f < TK_FIELDS; f++) {
-        values[f] = slot_value(msg, off[f]);
-        if (values[f] == NULL) {
-            Py_RETURN_FALSE;
-        }
+    if (!read_fields(&ticker_cache, a.msg, values)) {
+        Py_RETURN_FALSE;
     }
     uint8_t rec[TICKER_RECORD_SIZE];
     memset(rec, 0, sizeof rec);
@@ -367,17 +358,8 @@ unit_values(PyObject *unit, double *out)
             values[j] = PyTuple_GET_ITEM(unit, j);
         }
     }
-    else {
-        const ClassSlots *cls = class_slots(&unit_cache, Py_TYPE(unit));
-        if (cls == NULL) {
-            return 0;
-        }
-        for (int j = 0; j < UNIT_FIELDS; j++) {
-            values[j] = slot_value(unit, cls->offset[j]);
-            if (values[j] == NULL) {
-                return 0;
-            }
-        }
+    else if (!read_fields(&unit_cache, unit, values)) {
+        return 0;
     }
     for (int j = 0; j < UNIT_FIELDS; j++) {
         if (!as_double(values[j], &out[j])) {
@@ -394,21 +376,9 @@ store_orderbook(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!parse_store_args(args, nargs, ORDERBOOK_RECORD_SIZE, &a)) {
         return NULL;
     }
-    if (enum_maps[5] == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "set_enum_maps() was not called");
-        return NULL;
-    }
-    const ClassSlots *cls = class_slots(&orderbook_cache, Py_TYPE(a.msg));
-    if (cls == NULL) {
-        Py_RETURN_FALSE;
-    }
-    PyObject *msg = a.msg;
     PyObject *values[OB_FIELDS];
-    for (int f = 0; f < OB_FIELDS; f++) {
-        values[f] = slot_value(msg, cls->offset[f]);
-        if (values[f] == NULL) {
-            Py_RETURN_FALSE;
-        }
+    if (!read_fields(&orderbook_cache, a.msg, values)) {
+        Py_RETURN_FALSE;
     }
     PyObject *units = values[OB_UNITS];
     if (!(PyList_CheckExact(units) || PyTuple_CheckExact(units))) {

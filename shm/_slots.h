@@ -75,10 +75,22 @@ class_slots(SlotCache *cache, PyTypeObject *type)
     return usable ? free_entry : NULL;
 }
 
-static inline PyObject *
-slot_value(PyObject *obj, Py_ssize_t offset)
+/* Borrowed references to ``obj``'s fields, in ``cache``'s order, into ``values``; 0 if
+ * its class is not usable or a field is unset. Never raises. */
+static inline int
+read_fields(SlotCache *cache, PyObject *obj, PyObject **values)
 {
-    return *(PyObject **)((char *)obj + offset);
+    const ClassSlots *cls = class_slots(cache, Py_TYPE(obj));
+    if (cls == NULL) {
+        return 0;
+    }
+    for (int f = 0; f < cache->n; f++) {
+        values[f] = *(PyObject **)((char *)obj + cls->offset[f]);
+        if (values[f] == NULL) {
+            return 0;
+        }
+    }
+    return 1;
 }
 
 #endif /* UPFEED_SLOTS_H */

@@ -124,15 +124,15 @@ append_decimal(Out *out, PyObject *v)
 static PyObject *
 render(PyObject *module, PyObject *trade)
 {
-    const ClassSlots *cls = class_slots(&trade_cache, Py_TYPE(trade));
-    if (cls == NULL) {
+    PyObject *values[N_FIELDS];
+    if (!read_fields(&trade_cache, trade, values)) {
         Py_RETURN_NONE;
     }
     Out out;
     out.len = 0;
     for (int f = 0; f < N_FIELDS; f++) {
-        PyObject *v = *(PyObject **)((char *)trade + cls->offset[f]);
-        if (v == NULL || !append(&out, prefixes[f], strlen(prefixes[f]))) {
+        PyObject *v = values[f];
+        if (!append(&out, prefixes[f], strlen(prefixes[f]))) {
             Py_RETURN_NONE;
         }
         int ok;
