@@ -58,6 +58,7 @@ from simulator.numbers import to_decimal
 from simulator.private import Account, Authenticator, AuthError, encode_private
 from simulator.request import ParsedRequest, RequestError, Stream, parse_request
 from simulator.rest import RestApi
+from simulator.timer import LoopTimer
 
 log = logging.getLogger("simulator")
 
@@ -75,6 +76,9 @@ def _stamped_frames(payloads: list[bytes], list_format: bool) -> bytearray:
         data[end - back : end - back + STAMP_DIGITS] = stamp
     return data
 
+
+# The paced stream wakes at most this often; at higher rates several events share a wake-up.
+PACE_MIN_WAIT = 0.0002
 
 PUBLIC_PATH = "/websocket/v1"
 PRIVATE_PATH = "/websocket/v1/private"
@@ -525,6 +529,15 @@ class Exchange:
 
     async def _pace(self) -> None:
         loop = asyncio.get_running_loop()
+        timer = LoopTimer(loop)
+        try:
+            await self._pace_with(loop, timer)
+        finally:
+            timer.close()
+
+    async def _pace_with(self, loop: asyncio.AbstractEventLoop, timer: LoopTimer) -> None:
+        """Generates ``rate`` events per second, each when it is due (to the timer's
+        precision, at most one wake-up per PACE_MIN_WAIT), and sends them at once."""
         anchor = loop.time()
         produced = 0
         while True:
@@ -548,8 +561,9 @@ class Exchange:
                 produced += due
                 self._flush_candles(now_ms)
                 self._flush_all()
-            wait = anchor + (produced + 1) / rate - loop.time()
-            await asyncio.sleep(min(max(wait, 0.0005), 0.05) + self.slow_delay)
+            now = loop.time()
+            wait = min(max(anchor + (produced + 1) / rate - now, PACE_MIN_WAIT), 0.05)
+            await timer.sleep_until(now + wait + self.slow_delay)
 
     def _dispatch(self, trade: Trade) -> None:
         code = trade.code
