@@ -66,6 +66,7 @@ class Stats:
         self.wire_to_feed: list[np.ndarray] = []
         self.feed_to_reader: list[np.ndarray] = []
         self.started = time.perf_counter()
+        # Seconds of the first and last record on one clock; only their difference counts.
         self.first: float | None = None
         self.last: float | None = None
 
@@ -110,52 +111,71 @@ def emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+# Reads kept as they came until a command asks for figures: folding them into arrays
+# takes milliseconds that a record arriving meanwhile would wait for. This bounds the
+# memory they hold (a 15-level book record is about 1 KB) on long runs.
+MAX_UNFOLDED_READS = 200_000
+
+
+def _fold_shm_reads(stats: Stats, kinds: list[str], reads: list[tuple[int, Any, int]]) -> None:
+    """Adds raw reads (reader index, records, time read) to ``stats``."""
+    for i, records, now in reads:
+        n = len(records)
+        if stats.first is None:
+            stats.first = now / 1e9
+        stats.last = now / 1e9
+        stats.count += n
+        stats.by_kind[kinds[i]] = stats.by_kind.get(kinds[i], 0) + n
+        if n:
+            stats.latencies.append(now - records["origin_ns"])
+            stats.wire_to_feed.append(records["recv_ns"] - records["origin_ns"])
+            stats.feed_to_reader.append(now - records["recv_ns"])
+    reads.clear()
+
+
 def run_shm(prefix: str, kinds: list[str], spin: bool, sleep_us: float) -> int:
     readers = [shm.attach(prefix, kind, timeout=10.0) for kind in kinds]
     cursors = [r.head for r in readers]
     stats = Stats()
     commands = Commands()
     overrun_total = 0
+    reads: list[tuple[int, Any, int]] = []
     emit({"ready": True, "heads": cursors})
     now_ns = time.time_ns
     yield_cpu = os.sched_yield
     sleep = time.sleep
+    polled = list(enumerate(readers))
     while True:
         if commands.pending is not None:
             command = commands.take()
             if command == "reset":
                 stats.reset()
+                reads.clear()
                 overrun_total = 0
                 emit({"ok": True})
             elif command in ("report", "stop"):
+                _fold_shm_reads(stats, kinds, reads)
                 emit(stats.report({"overrun": overrun_total, "heads": cursors}))
                 if command == "stop":
                     break
         idle = True
-        for i, reader in enumerate(readers):
+        for i, reader in polled:
             if reader.head == cursors[i]:
                 continue
             records, cursors[i], overrun = reader.since(cursors[i])
-            now = now_ns()
+            reads.append((i, records, now_ns()))
             idle = False
-            n = len(records)
-            if stats.first is None:
-                stats.first = time.perf_counter()
-            stats.last = time.perf_counter()
-            stats.count += n
-            kind = kinds[i]
-            stats.by_kind[kind] = stats.by_kind.get(kind, 0) + n
-            overrun_total += overrun
-            stats.gaps += overrun
-            if n:
-                stats.latencies.append(now - records["origin_ns"])
-                stats.wire_to_feed.append(records["recv_ns"] - records["origin_ns"])
-                stats.feed_to_reader.append(now - records["recv_ns"])
-        if idle and not spin:
-            if sleep_us > 0:
-                sleep(sleep_us / 1e6)
-            else:
-                yield_cpu()
+            if overrun:
+                overrun_total += overrun
+                stats.gaps += overrun
+        if idle:
+            if len(reads) >= MAX_UNFOLDED_READS:
+                _fold_shm_reads(stats, kinds, reads)
+            if not spin:
+                if sleep_us > 0:
+                    sleep(sleep_us / 1e6)
+                else:
+                    yield_cpu()
     for reader in readers:
         reader.close()
     return 0
