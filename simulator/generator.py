@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import msgspec
+
 from simulator.markets import MarketInfo, snap, tick_below, tick_size
 from simulator.numbers import SCALE, UNIT
 
@@ -46,8 +48,11 @@ _DAY_MS = 86_400_000
 _VOLUME_TABLE = 512
 
 
-@dataclass(slots=True)
-class Trade:
+class Trade(msgspec.Struct, gc=False):
+    """One generated trade. Never tracked by the garbage collector (its fields are plain
+    values): the trade history holds hundreds of thousands, and scanning them made full
+    collections stall the event loop, and so the paced stream, for tens of ms."""
+
     code: str
     trade_timestamp: int
     timestamp: int

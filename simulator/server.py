@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -69,10 +70,11 @@ def _stamped_frames(payloads: list[bytes], list_format: bool) -> bytearray:
     back = stamp_digits_back(list_format)
     frames = [frame(with_stamp_slot(p, list_format)) for p in payloads]
     data = bytearray(b"".join(frames))
+    ends = list(itertools.accumulate(map(len, frames)))
+    # Nothing the garbage collector counts is allocated from here to the write, so a
+    # collection (tens of ms on a big journal) cannot fall between stamp and send.
     stamp = b"%d" % time.time_ns()
-    end = 0
-    for framed in frames:
-        end += len(framed)
+    for end in ends:
         data[end - back : end - back + STAMP_DIGITS] = stamp
     return data
 
@@ -672,6 +674,7 @@ class Exchange:
             pending.clear()
             return
         framer = client.framer
+        client.pending = []
         if self.config.stamp and framer is frame:
             data = _stamped_frames(pending, client.list_format)
         else:
@@ -683,7 +686,6 @@ class Exchange:
                 data = b"".join(framer(b"[" + p + b"]") for p in pending)
             else:
                 data = b"".join(map(framer, pending))
-        client.pending = []
         transport.write(data)
         client.last_tx = self.monotonic()
         if transport.get_write_buffer_size() > self.config.max_write_buffer:

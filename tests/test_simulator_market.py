@@ -1,5 +1,6 @@
 """Sans-IO parts of the simulator: numbers, markets, generator, request grammar."""
 
+import gc
 from decimal import Decimal
 
 import pytest
@@ -66,6 +67,15 @@ def test_generator_is_deterministic_per_seed():
 
     assert run(7) == run(7)
     assert run(7) != run(8)
+
+
+def test_the_trade_history_is_invisible_to_the_garbage_collector():
+    # Full collections over a history of tracked trades stalled the paced stream.
+    gen = MarketGenerator(market_list(5), seed=2, now_ms=NOW)
+    trades = [gen.step(NOW + i) for i in range(200)]
+    history = [t for state in gen.states.values() for t in state.trades]
+    assert len(history) >= 200
+    assert not any(gc.is_tracked(t) for t in trades + history)
 
 
 def test_generator_state_stays_consistent():
