@@ -1,9 +1,10 @@
 """Build hook for the optional C helpers of the hot path; metadata is in pyproject.toml.
 
 * ``shm._fastwrite``: seqlocked shm record stores (shm/native.py);
+* ``shm._fastread``: the shm reader's seqlocked ring copy (shm/native.py);
 * ``feedhandler.upbit._hotjson``: the published JSON of a trade (feedhandler/upbit/hot.py).
 
-Both are optional: without a C compiler the install still succeeds and the same work is
+All are optional: without a C compiler the install still succeeds and the same work is
 done in Python, with the same results.
 """
 
@@ -23,6 +24,7 @@ setup(
         )
         for name, source in (
             ("shm._fastwrite", "shm/_fastwrite.c"),
+            ("shm._fastread", "shm/_fastread.c"),
             ("feedhandler.upbit._hotjson", "feedhandler/upbit/_hotjson.c"),
         )
     ]

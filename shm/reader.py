@@ -26,6 +26,7 @@ from typing import Self
 import numpy as np
 
 from shm import layout as L
+from shm import native as _native
 from shm.errors import (
     InconsistentReadError,
     LayoutMismatchError,
@@ -161,6 +162,7 @@ class SnapshotReader:
         heartbeat_timeout: float,
         read_timeout: float,
         clock_ns: Callable[[], int],
+        copy_ring: Callable[[object, int, int, int, int, int], bytearray] | None = None,
     ) -> None:
         self.name = name
         self.kind = kind
@@ -169,6 +171,7 @@ class SnapshotReader:
         self._read_timeout = read_timeout
         self._clock_ns = clock_ns
         self._next_follow_ns = 0
+        self._copy_ring = copy_ring
 
     # -- properties ---------------------------------------------------------------------
 
@@ -311,6 +314,11 @@ class SnapshotReader:
         capacity, size = m.capacity, m.size
         first = max(cursor + 1, head - capacity + 1)
         count = head - first + 1
+        copy_ring = self._copy_ring
+        if copy_ring is not None:
+            copied = copy_ring(m.buf, m.ring_off, size, capacity, first, head)
+            lost = count - len(copied) // size
+            return np.frombuffer(copied, m.dtype), head, first - 1 - cursor + lost
         if count <= _SMALL_BATCH:
             return self._since_small(m, first, head, cursor)
         start = (first - 1) % capacity
@@ -509,14 +517,19 @@ def attach(
     heartbeat_timeout: float = 5.0,
     read_timeout: float = 0.1,
     clock_ns: Callable[[], int] = time.time_ns,
+    native: bool | None = None,
 ) -> SnapshotReader:
     """Attach to ``<prefix>.<kind>``, waiting up to ``timeout`` s for a writer to create it.
 
     ``heartbeat_timeout``: a writer whose heartbeat is older counts as dead.
     ``read_timeout``: how long one record read may wait for a writer stuck inside it.
     ``clock_ns``: wall clock for heartbeat and age (the writer's ``recv_ns`` clock).
+    ``native``: copy ring records in C (:mod:`shm.native`) when built (None), always
+    (True: RuntimeError if it is not built) or never (False); the results are the same.
     Raises SegmentNotFoundError on timeout, LayoutMismatchError for a foreign layout.
     """
+    if native is True and _native.copy_ring is None:
+        raise RuntimeError(f"shm C ring copy is unavailable: {_native.READER_STATUS}")
     name = segment_name(prefix, kind)
     deadline = time.monotonic() + timeout
     while True:
@@ -529,6 +542,7 @@ def attach(
                 heartbeat_timeout=heartbeat_timeout,
                 read_timeout=read_timeout,
                 clock_ns=clock_ns,
+                copy_ring=None if native is False else _native.copy_ring,
             )
         if time.monotonic() >= deadline:
             raise SegmentNotFoundError(name, timeout)

@@ -12,6 +12,7 @@ import pytest
 
 import shm
 from shm import layout as L
+from shm import native as shm_native
 from tests import shm_helpers as H
 
 CODES = ["KRW-BTC", "KRW-ETH", "BTC-XRP"]
@@ -22,6 +23,14 @@ def prefix() -> Iterator[str]:
     name = H.unique_prefix()
     yield name
     assert H.remove_segments(name) == [], "a test left shm segments behind"
+
+
+@pytest.fixture(params=[True, False], ids=["c_copy", "python_copy"])
+def native(request: pytest.FixtureRequest) -> bool:
+    """Ring reads through the C copy and through the Python one: the same results."""
+    if request.param and shm_native.copy_ring is None:
+        pytest.skip(shm_native.READER_STATUS)
+    return bool(request.param)
 
 
 def docs_ticker(**changes: object) -> H.TickerMsg:
@@ -192,9 +201,9 @@ def test_unknown_code_is_refused_and_symbols_can_be_added(prefix: str) -> None:
         reader.close()
 
 
-def test_since_reports_exact_overrun(prefix: str) -> None:
+def test_since_reports_exact_overrun(prefix: str, native: bool) -> None:
     with shm.TickerWriter(prefix, CODES, capacity=4) as writer:
-        reader = shm.attach(prefix, "ticker", timeout=1)
+        reader = shm.attach(prefix, "ticker", timeout=1, native=native)
         records, cursor, overrun = reader.since(0)
         assert len(records) == 0 and cursor == 0 and overrun == 0
         for k in range(10):
@@ -369,9 +378,9 @@ def test_payload_check_detects_a_spliced_record() -> None:
     assert H.bad_tickers(spliced) == 1
 
 
-def test_reader_never_returns_a_record_the_writer_is_inside(prefix: str) -> None:
+def test_reader_never_returns_a_record_the_writer_is_inside(prefix: str, native: bool) -> None:
     with shm.TickerWriter(prefix, CODES, capacity=4) as writer:
-        reader = shm.attach(prefix, "ticker", timeout=1, read_timeout=0.05)
+        reader = shm.attach(prefix, "ticker", timeout=1, read_timeout=0.05, native=native)
         writer.write_ticker(docs_ticker(), recv_ns=1)
         # Freeze the writer between its two seq stores on KRW-BTC's latest slot.
         latest_word = writer._targets["KRW-BTC"][1]
@@ -393,9 +402,9 @@ def test_reader_never_returns_a_record_the_writer_is_inside(prefix: str) -> None
 
 
 @pytest.mark.parametrize("lost_in_the_middle", [False, True])
-def test_since_large_batches(prefix: str, lost_in_the_middle: bool) -> None:
+def test_since_large_batches(prefix: str, lost_in_the_middle: bool, native: bool) -> None:
     with shm.TickerWriter(prefix, CODES, capacity=64) as writer:
-        reader = shm.attach(prefix, "ticker", timeout=1)
+        reader = shm.attach(prefix, "ticker", timeout=1, native=native)
         for k in range(200):
             writer.write_ticker(H.make_ticker(CODES[k % 3], k, k % 3), recv_ns=k)
         if lost_in_the_middle:
