@@ -15,7 +15,7 @@ from typing import Any
 from feedhandler.publisher import Publisher
 from feedhandler.trades import LiveItem, TradeSequencer
 from feedhandler.upbit import ProtocolError
-from feedhandler.upbit.decode import event_to_json
+from feedhandler.upbit.decode import DEFAULT, event_to_json
 from feedhandler.upbit.events import Candle, ErrorMessage, MyAsset, MyOrder, Status
 from feedhandler.upbit.hot import HotDecoder, HotOrderbook, HotTicker, HotTrade, trade_to_json
 from shm import SymbolTableFullError, UnknownSymbolError
@@ -89,6 +89,10 @@ class Router:
     ) -> None:
         self._ticker_writer = ticker_writer
         self._orderbook_writer = orderbook_writer
+        #: Stores a DEFAULT-format book from its frame, or returns 0 (shm/_fastwrite.c).
+        self._store_book_json: Callable[[bytes | memoryview, int], int] | None = getattr(
+            orderbook_writer, "write_orderbook_json", None
+        )
         self._bus = bus
         self._trades = trades
         self._on_bad_frame = on_bad_frame
@@ -156,9 +160,24 @@ class Router:
         write_orderbook = self._orderbook_writer.write_orderbook
         counts = self.counts
         deferred: list[Any] = []
+        store_book_json = self._store_book_json
+        # A DEFAULT-format book ({"type":"orderbook",...) is stored straight from its
+        # frame when it has the common shape; byte 9 is the type's first letter.
+        json_bytes = (
+            decoder.max_frame_bytes
+            if store_book_json is not None and decoder.format == DEFAULT
+            else 0
+        )
         for _opcode, payload in messages:
             if tap is not None:
                 tap(connection, payload, recv_ns)
+            if (
+                9 < len(payload) <= json_bytes
+                and payload[9] == 111
+                and store_book_json(payload, recv_ns)
+            ):
+                counts["orderbook"] += 1
+                continue
             try:
                 msg = decode(payload)
                 lane = lanes.get(type(msg)) or self._lane_for(type(msg))

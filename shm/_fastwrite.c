@@ -15,7 +15,9 @@
  * shm/native.py checks the constants below against it before using this module.
  */
 #include "_slots.h"
+#include <errno.h>
 #include <math.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -345,6 +347,20 @@ set_enum_maps(PyObject *module, PyObject *args)
 
 /* ----------------------------------------------------------------------- orderbook */
 
+/* Everything of an order-book record but its levels. */
+static void
+put_orderbook_head(uint8_t *rec, const StoreArgs *a, int64_t origin_ns, int64_t timestamp,
+                   Py_ssize_t n_levels, long stream_type, const double *totals)
+{
+    put_common(rec, a, origin_ns, timestamp);
+    uint16_t levels = (uint16_t)n_levels;
+    memcpy(rec + 44, &levels, 2);
+    rec[46] = (uint8_t)stream_type;
+    for (int i = 0; i < 3; i++) {
+        put_f64(rec, 48 + 8 * (size_t)i, totals[i]);
+    }
+}
+
 /* The four values of one level from a level struct or a 4-tuple; 0 if neither. */
 static int
 unit_values(PyObject *unit, double *out)
@@ -399,13 +415,7 @@ store_orderbook(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         !as_double(values[OB_TOTAL_BID], &totals[1]) || !as_double(values[OB_LEVEL], &totals[2])) {
         Py_RETURN_FALSE;
     }
-    put_common(rec, &a, origin_ns, timestamp);
-    uint16_t levels = (uint16_t)n_levels;
-    memcpy(rec + 44, &levels, 2);
-    rec[46] = (uint8_t)stream_type;
-    for (int i = 0; i < 3; i++) {
-        put_f64(rec, 48 + 8 * (size_t)i, totals[i]);
-    }
+    put_orderbook_head(rec, &a, origin_ns, timestamp, n_levels, stream_type, totals);
     PyObject **items = PySequence_Fast_ITEMS(units);
     for (Py_ssize_t i = 0; i < n_levels; i++) {
         double level[UNIT_FIELDS];
@@ -414,6 +424,501 @@ store_orderbook(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         memcpy(rec + ORDERBOOK_LEVELS_OFF + 32 * (size_t)i, level, sizeof level);
     }
+    publish(&a.seg, a.slot, a.latest_word, a.index_word, a.feed_seq, rec, sizeof rec);
+    Py_RETURN_TRUE;
+}
+
+/* ------------------------------------------------------- order book from its JSON */
+
+/*
+ * store_orderbook_json parses a DEFAULT-format order-book frame itself and stores its
+ * record without building the decoded message (3.6 us of msgspec objects for a
+ * 15-level book). It accepts only what the strict decoder accepts and reads the same
+ * way: an object with the keys of feedhandler.upbit.hot.HotOrderbook, each at most
+ * once, "type" "orderbook", the required keys present, numbers where floats or ints are
+ * due (an int key refuses a fraction or exponent, as msgspec does), null only where
+ * the field is optional. Numbers are converted by strtod, which rounds correctly, as
+ * msgspec does. Anything else -- an unknown key (schema drift, counted by the Python
+ * decoder), a string with escapes or non-ASCII bytes, a number out of range, a code
+ * without a symbol -- returns False with nothing written, and the caller decodes the
+ * frame and stores it the usual way.
+ */
+
+typedef struct {
+    const char *p;
+    const char *end;
+} Json;
+
+static inline void
+skip_space(Json *j)
+{
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\n' || *j->p == '\r' || *j->p == '\t')) {
+        j->p++;
+    }
+}
+
+static inline int
+take(Json *j, char c)
+{
+    skip_space(j);
+    if (j->p < j->end && *j->p == c) {
+        j->p++;
+        return 1;
+    }
+    return 0;
+}
+
+/* A string of printable ASCII without escapes: its bytes in [*text, *text + *n). */
+static int
+plain_string(Json *j, const char **text, Py_ssize_t *n)
+{
+    if (!take(j, '"')) {
+        return 0;
+    }
+    const char *start = j->p;
+    while (j->p < j->end) {
+        unsigned char c = (unsigned char)*j->p;
+        if (c == '"') {
+            *text = start;
+            *n = j->p - start;
+            j->p++;
+            return 1;
+        }
+        if (c == '\\' || c < 0x20 || c >= 0x80) {
+            return 0;
+        }
+        j->p++;
+    }
+    return 0;
+}
+
+static inline int
+take_literal(Json *j, const char *word, size_t n)
+{
+    skip_space(j);
+    if ((size_t)(j->end - j->p) >= n && memcmp(j->p, word, n) == 0) {
+        j->p += n;
+        return 1;
+    }
+    return 0;
+}
+
+/* A scanned JSON number (RFC 8259 grammar). */
+typedef struct {
+    const char *text;
+    size_t len;
+    int integral;      /* no fraction and no exponent */
+    int negative;
+    uint64_t mantissa; /* its significant digits, if there are at most 19 */
+    int digits;        /* significant digits (leading zeros skipped) */
+    long exp10;        /* value = mantissa * 10^exp10 */
+} Number;
+
+static int
+scan_number(Json *j, Number *n)
+{
+    skip_space(j);
+    /* Locals, not n's fields: stores through n could alias the text being read, and
+     * the compiler would write them back after every digit. */
+    const char *p = j->p, *end = j->end, *start = p;
+    int integral = 1, negative = 0, digits = 0;
+    uint64_t mantissa = 0;
+    long exp10 = 0;
+    if (p < end && *p == '-') {
+        negative = 1;
+        p++;
+    }
+    if (p < end && *p == '0') {
+        p++;
+    }
+    else if (p < end && *p >= '1' && *p <= '9') {
+        while (p < end && *p >= '0' && *p <= '9') {
+            if (digits < 19) {
+                mantissa = mantissa * 10 + (uint64_t)(*p - '0');
+            }
+            else {
+                exp10++; /* beyond 19 digits: only the strtod path is exact */
+            }
+            digits++;
+            p++;
+        }
+    }
+    else {
+        return 0;
+    }
+    if (p < end && *p == '.') {
+        p++;
+        if (!(p < end && *p >= '0' && *p <= '9')) {
+            return 0;
+        }
+        while (p < end && *p >= '0' && *p <= '9') {
+            if (digits == 0 && *p == '0') {
+                exp10--; /* a leading zero of the fraction */
+            }
+            else {
+                if (digits < 19) {
+                    mantissa = mantissa * 10 + (uint64_t)(*p - '0');
+                    exp10--;
+                }
+                digits++;
+            }
+            p++;
+        }
+        integral = 0;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        int minus = 0;
+        if (p < end && (*p == '+' || *p == '-')) {
+            minus = *p == '-';
+            p++;
+        }
+        if (!(p < end && *p >= '0' && *p <= '9')) {
+            return 0;
+        }
+        long e = 0;
+        while (p < end && *p >= '0' && *p <= '9') {
+            if (e < 100000) {
+                e = e * 10 + (*p - '0');
+            }
+            p++;
+        }
+        exp10 += minus ? -e : e;
+        integral = 0;
+    }
+    n->text = start;
+    n->len = (size_t)(p - start);
+    n->integral = integral;
+    n->negative = negative;
+    n->mantissa = mantissa;
+    n->digits = digits;
+    n->exp10 = exp10;
+    j->p = p;
+    return 1;
+}
+
+static const double exact_powers[] = {
+    1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+};
+
+/* A float field: any JSON number, finite and not rounded to or from the subnormals.
+ * With at most 2^53 as its digits and 10^-22..10^22 as its scale, the value is one
+ * IEEE multiplication or division of two exact doubles, so correctly rounded (Clinger's
+ * fast path); anything else goes through strtod, which also rounds correctly.
+ * msgspec reads an integer literal as an int and converts it, so "-0" is +0.0 there;
+ * integers of more than 18 digits are left to it. */
+static int
+json_double(Json *j, double *out)
+{
+    Number n;
+    if (!scan_number(j, &n)) {
+        return 0;
+    }
+    if (n.integral && n.digits > 18) {
+        return 0;
+    }
+    double d;
+    if (n.digits <= 19 && n.mantissa <= (UINT64_C(1) << 53) && n.exp10 >= -22 &&
+        n.exp10 <= 22) {
+        d = (double)n.mantissa;
+        d = n.exp10 < 0 ? d / exact_powers[-n.exp10] : d * exact_powers[n.exp10];
+        if (n.negative && !(n.integral && d == 0.0)) {
+            d = -d;
+        }
+    }
+    else {
+        char text[64];
+        if (n.len >= sizeof text) {
+            return 0;
+        }
+        memcpy(text, n.text, n.len);
+        text[n.len] = '\0';
+        char *stop;
+        errno = 0;
+        d = strtod(text, &stop);
+        if (*stop != '\0' || errno != 0) {
+            return 0;
+        }
+        if (n.integral && d == 0.0) {
+            d = 0.0;
+        }
+    }
+    if (!isfinite(d)) {
+        return 0;
+    }
+    *out = d;
+    return 1;
+}
+
+/* An int field: a JSON integer within int64. */
+static int
+json_int64(Json *j, int64_t *out)
+{
+    Number n;
+    if (!scan_number(j, &n) || !n.integral || n.digits > 19) {
+        return 0;
+    }
+    uint64_t limit = n.negative ? (UINT64_C(1) << 63) : (UINT64_C(1) << 63) - 1;
+    if (n.digits == 19 && n.mantissa > limit) {
+        return 0;
+    }
+    *out = n.negative ? (int64_t)(0 - n.mantissa) : (int64_t)n.mantissa;
+    return 1;
+}
+
+/* One {"ask_price":..,"bid_price":..,"ask_size":..,"bid_size":..} in any key order. */
+/* The index of ``key`` among ``names`` (``guess`` first: keys come in a fixed order
+ * from the exchange), or -1. */
+static inline int
+key_index(const char *key, Py_ssize_t n, const char *const *names, const size_t *lengths, int count,
+          int guess)
+{
+    if (guess < count && (size_t)n == lengths[guess] && memcmp(key, names[guess], (size_t)n) == 0) {
+        return guess;
+    }
+    for (int k = 0; k < count; k++) {
+        if ((size_t)n == lengths[k] && memcmp(key, names[k], (size_t)n) == 0) {
+            return k;
+        }
+    }
+    return -1;
+}
+
+/* strlen of the key names, set when the module is loaded */
+static size_t unit_name_lengths[UNIT_FIELDS];
+
+static int
+json_unit(Json *j, double *level)
+{
+    if (!take(j, '{')) {
+        return 0;
+    }
+    unsigned seen = 0;
+    int next = 0;
+    do {
+        const char *key;
+        Py_ssize_t n;
+        if (!plain_string(j, &key, &n) || !take(j, ':')) {
+            return 0;
+        }
+        int field = key_index(key, n, unit_names, unit_name_lengths, UNIT_FIELDS, next);
+        next = field + 1;
+        if (field < 0 || (seen & (1u << field)) || !json_double(j, &level[field])) {
+            return 0;
+        }
+        seen |= 1u << field;
+    } while (take(j, ','));
+    return take(j, '}') && seen == (1u << UNIT_FIELDS) - 1;
+}
+
+enum {
+    OJ_TYPE, OJ_CODE, OJ_TIMESTAMP, OJ_TOTAL_ASK, OJ_TOTAL_BID, OJ_UNITS, OJ_STREAM_TYPE,
+    OJ_LEVEL, OJ_SIM_NS, OJ_KEYS
+};
+static const char *orderbook_json_keys[OJ_KEYS] = {
+    "type", "code", "timestamp", "total_ask_size", "total_bid_size", "orderbook_units",
+    "stream_type", "level", "sim_ns",
+};
+static size_t orderbook_json_key_lengths[OJ_KEYS];
+#define OJ_REQUIRED                                                                            \
+    ((1u << OJ_TYPE) | (1u << OJ_CODE) | (1u << OJ_TIMESTAMP) | (1u << OJ_TOTAL_ASK) |         \
+     (1u << OJ_TOTAL_BID) | (1u << OJ_UNITS))
+
+typedef struct {
+    const char *code;
+    Py_ssize_t code_len;
+    int64_t timestamp, sim_ns;
+    double totals[3]; /* total_ask_size, total_bid_size, level */
+    const char *stream_type;
+    Py_ssize_t stream_type_len; /* -1: null or absent */
+    Py_ssize_t n_levels;        /* stored levels (at most MAX_LEVELS) */
+    double levels[MAX_LEVELS][UNIT_FIELDS];
+} JsonBook;
+
+static int
+json_orderbook(Json *j, JsonBook *book)
+{
+    book->sim_ns = 0;
+    book->totals[2] = Py_NAN;
+    book->stream_type_len = -1;
+    book->n_levels = 0;
+    if (!take(j, '{')) {
+        return 0;
+    }
+    unsigned seen = 0;
+    int next = 0;
+    do {
+        const char *key, *text;
+        Py_ssize_t n;
+        if (!plain_string(j, &key, &n) || !take(j, ':')) {
+            return 0;
+        }
+        int field = key_index(key, n, orderbook_json_keys, orderbook_json_key_lengths, OJ_KEYS,
+                              next);
+        next = field + 1;
+        if (field < 0 || (seen & (1u << field))) {
+            return 0;
+        }
+        seen |= 1u << field;
+        int ok = 0;
+        switch (field) {
+        case OJ_TYPE:
+            ok = plain_string(j, &text, &n) && n == 9 && memcmp(text, "orderbook", 9) == 0;
+            break;
+        case OJ_CODE:
+            ok = plain_string(j, &book->code, &book->code_len);
+            break;
+        case OJ_TIMESTAMP:
+            ok = json_int64(j, &book->timestamp);
+            break;
+        case OJ_SIM_NS:
+            ok = json_int64(j, &book->sim_ns);
+            break;
+        case OJ_TOTAL_ASK:
+        case OJ_TOTAL_BID:
+            ok = json_double(j, &book->totals[field - OJ_TOTAL_ASK]);
+            break;
+        case OJ_LEVEL:
+            ok = take_literal(j, "null", 4) || json_double(j, &book->totals[2]);
+            break;
+        case OJ_STREAM_TYPE:
+            ok = take_literal(j, "null", 4) ||
+                 plain_string(j, &book->stream_type, &book->stream_type_len);
+            break;
+        case OJ_UNITS:
+            if (!take(j, '[')) {
+                return 0;
+            }
+            if (take(j, ']')) {
+                ok = 1;
+                break;
+            }
+            do {
+                double spare[UNIT_FIELDS];
+                double *level = book->n_levels < MAX_LEVELS ? book->levels[book->n_levels] : spare;
+                if (!json_unit(j, level)) {
+                    return 0;
+                }
+                if (book->n_levels < MAX_LEVELS) {
+                    book->n_levels++; /* the Python writer drops levels beyond 30 too */
+                }
+            } while (take(j, ','));
+            ok = take(j, ']');
+            break;
+        }
+        if (!ok) {
+            return 0;
+        }
+    } while (take(j, ','));
+    if (!take(j, '}')) {
+        return 0;
+    }
+    skip_space(j);
+    return j->p == j->end && (seen & OJ_REQUIRED) == OJ_REQUIRED;
+}
+
+/* The record of a parsed book: its symbol from ``targets`` (code -> (symbol,
+ * latest_word, latest_view, index_word), the writer's table) and its stream type code.
+ * 0 without an error set if the code has no symbol or the stream type no code. */
+static int
+json_book_target(const JsonBook *book, PyObject *targets, StoreArgs *a, long *stream_type)
+{
+    PyObject *code = PyUnicode_FromStringAndSize(book->code, book->code_len);
+    if (code == NULL) {
+        return -1;
+    }
+    PyObject *target = PyDict_GetItemWithError(targets, code); /* borrowed */
+    Py_DECREF(code);
+    if (target == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    if (!PyTuple_CheckExact(target) || PyTuple_GET_SIZE(target) != 4) {
+        PyErr_SetString(PyExc_TypeError, "targets values must be 4-tuples");
+        return -1;
+    }
+    a->symbol = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(target, 0));
+    a->latest_word = PyLong_AsSsize_t(PyTuple_GET_ITEM(target, 1));
+    a->index_word = PyLong_AsSsize_t(PyTuple_GET_ITEM(target, 3));
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    if (a->symbol > UINT32_MAX || a->latest_word > PY_SSIZE_T_MAX / 8 ||
+        a->index_word > PY_SSIZE_T_MAX / 8) {
+        PyErr_SetString(PyExc_ValueError, "target out of range");
+        return -1;
+    }
+    PyObject *name = Py_None;
+    if (book->stream_type_len >= 0) {
+        name = PyUnicode_FromStringAndSize(book->stream_type, book->stream_type_len);
+        if (name == NULL) {
+            return -1;
+        }
+    }
+    else {
+        Py_INCREF(name);
+    }
+    int known = as_code(enum_maps[5], name, stream_type);
+    Py_DECREF(name);
+    return known && *stream_type >= 0 && *stream_type <= UINT8_MAX;
+}
+
+/* (segment, slot, feed_seq, recv_ns, targets, payload) */
+static PyObject *
+store_orderbook_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "expected 6 arguments, got %zd", nargs);
+        return NULL;
+    }
+    if (enum_maps[5] == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "set_enum_maps() was not called");
+        return NULL;
+    }
+    StoreArgs a;
+    if (!segment_of(args[0], &a.seg)) {
+        return NULL;
+    }
+    a.slot = PyLong_AsSsize_t(args[1]);
+    a.feed_seq = PyLong_AsUnsignedLongLong(args[2]);
+    a.recv_ns = PyLong_AsLongLong(args[3]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (a.feed_seq == 0) {
+        PyErr_SetString(PyExc_ValueError, "feed_seq must be >= 1");
+        return NULL;
+    }
+    if (!PyDict_CheckExact(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "targets must be a dict");
+        return NULL;
+    }
+    Py_buffer payload;
+    if (PyObject_GetBuffer(args[5], &payload, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    JsonBook book;
+    Json j = {(const char *)payload.buf, (const char *)payload.buf + payload.len};
+    long stream_type = 0;
+    /* book.code and book.stream_type point into the payload: looked up before release. */
+    int target = json_orderbook(&j, &book) ? json_book_target(&book, args[4], &a, &stream_type) : 0;
+    PyBuffer_Release(&payload);
+    if (target < 0) {
+        return NULL;
+    }
+    if (target == 0) {
+        Py_RETURN_FALSE;
+    }
+    if (!in_segment(&a.seg, a.slot, ORDERBOOK_RECORD_SIZE) ||
+        !in_segment(&a.seg, a.latest_word * 8, ORDERBOOK_RECORD_SIZE) ||
+        !in_segment(&a.seg, a.index_word * 8, 8) || !in_segment(&a.seg, HEAD_WORD * 8, 8)) {
+        return NULL;
+    }
+    uint8_t rec[ORDERBOOK_RECORD_SIZE];
+    memset(rec, 0, sizeof rec);
+    put_orderbook_head(rec, &a, book.sim_ns, book.timestamp, book.n_levels, stream_type,
+                       book.totals);
+    memcpy(rec + ORDERBOOK_LEVELS_OFF, book.levels, sizeof(double) * UNIT_FIELDS * book.n_levels);
     publish(&a.seg, a.slot, a.latest_word, a.index_word, a.feed_seq, rec, sizeof rec);
     Py_RETURN_TRUE;
 }
@@ -429,6 +934,11 @@ static PyMethodDef methods[] = {
      "store_orderbook(segment, slot, latest_word, index_word, feed_seq, recv_ns, symbol, msg)"
      " -> bool\n\nStore and publish one order-book record; False (nothing written) if the "
      "message is outside the common case."},
+    {"store_orderbook_json", (PyCFunction)(void (*)(void))store_orderbook_json, METH_FASTCALL,
+     "store_orderbook_json(segment, slot, feed_seq, recv_ns, targets, payload) -> bool\n\n"
+     "Parse a DEFAULT-format order-book frame and store and publish its record; False "
+     "(nothing written) if the frame is outside the common case or its code has no "
+     "symbol in targets."},
     {"set_enum_maps", set_enum_maps, METH_VARARGS,
      "set_enum_maps(change, ask_bid, market_state, market_warning, trading_suspended, "
      "stream_type): the value -> code dicts of shm.layout."},
@@ -446,6 +956,12 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__fastwrite(void)
 {
+    for (int k = 0; k < UNIT_FIELDS; k++) {
+        unit_name_lengths[k] = strlen(unit_names[k]);
+    }
+    for (int k = 0; k < OJ_KEYS; k++) {
+        orderbook_json_key_lengths[k] = strlen(orderbook_json_keys[k]);
+    }
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL) {
         return NULL;
