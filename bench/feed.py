@@ -74,7 +74,7 @@ from feedhandler.router import Router, publish_trade_to, publish_trades_to
 from feedhandler.trades import TradeSequencer
 from feedhandler.upbit.hot import HotDecoder, trade_to_json
 from feedhandler.wsframe import FrameParser, Message, build_frame
-from shm import OrderbookWriter, TickerWriter
+from shm import OrderbookWriter, SnapshotWriter, TickerWriter
 from simulator.encode import encode_orderbook, encode_ticker, encode_trade
 from simulator.generator import MarketGenerator
 from simulator.markets import market_list
@@ -431,8 +431,9 @@ def stage_costs(events: int) -> dict[str, Any]:
         )
     prefix = f"ufb-stage-{uuid.uuid4().hex[:6]}"
     workdir = tempfile.mkdtemp(prefix="ufb-", dir="/tmp")
-    ticker_writer = TickerWriter(prefix, codes, capacity=65536)
-    book_writer = OrderbookWriter(prefix, codes, capacity=65536)
+    # The default ring size: a ring bigger than the stage writes would time page faults.
+    ticker_writer = TickerWriter(prefix, codes)
+    book_writer = OrderbookWriter(prefix, codes)
     publisher = Publisher(f"ipc://{workdir}/stage.pub", sndhwm=1_000_000)
     try:
         tickers, books, trades = decoded["ticker"], decoded["orderbook"], decoded["trade"]
@@ -447,13 +448,14 @@ def stage_costs(events: int) -> dict[str, Any]:
                 book_writer.write_orderbook(msg, 1)
             return len(books)
 
-        book_frames = payloads["orderbook"]
+        def store_from_json(writer: SnapshotWriter, frames: list[bytes]) -> Callable[[], int]:
+            def run() -> int:
+                stored = sum(1 for p in frames if writer.write_json(p, 1))
+                if stored != len(frames):
+                    raise BenchError(f"{len(frames) - stored} frames not stored from JSON")
+                return stored
 
-        def store_books_from_json() -> int:
-            stored = sum(1 for p in book_frames if book_writer.write_orderbook_json(p, 1))
-            if stored != len(book_frames):
-                raise BenchError(f"{len(book_frames) - stored} books not stored from JSON")
-            return stored
+            return run
 
         def publish() -> int:
             for msg in trades:
@@ -462,9 +464,12 @@ def stage_costs(events: int) -> dict[str, Any]:
 
         out["shm_write_ticker"] = _best_ns(write_tickers)
         out["shm_write_orderbook"] = _best_ns(write_books)
-        if book_writer.native:
-            # What the router does with a DEFAULT book: parse and store in one C call.
-            out["orderbook_json_to_shm"] = _best_ns(store_books_from_json)
+        if book_writer.native and ticker_writer.native:
+            # What the router does with a DEFAULT ticker or book: parse and store in C.
+            out["ticker_json_to_shm"] = _best_ns(store_from_json(ticker_writer, payloads["ticker"]))
+            out["orderbook_json_to_shm"] = _best_ns(
+                store_from_json(book_writer, payloads["orderbook"])
+            )
         out["trade_json_and_publish"] = _best_ns(publish)
         sequencer = TradeSequencer(
             publish_trade_to(publisher), publisher.publish_sys, publish_trades_to(publisher)
@@ -501,7 +506,7 @@ def stage_costs(events: int) -> dict[str, Any]:
         book_writer.close(unlink=True)
         shutil.rmtree(workdir, ignore_errors=True)
     per_kind = {
-        "ticker": out["decode_ticker"] + out["shm_write_ticker"],
+        "ticker": out.get("ticker_json_to_shm", out["decode_ticker"] + out["shm_write_ticker"]),
         "orderbook": out.get(
             "orderbook_json_to_shm", out["decode_orderbook"] + out["shm_write_orderbook"]
         ),

@@ -89,9 +89,12 @@ class Router:
     ) -> None:
         self._ticker_writer = ticker_writer
         self._orderbook_writer = orderbook_writer
-        #: Stores a DEFAULT-format book from its frame, or returns 0 (shm/_fastwrite.c).
+        #: Store a DEFAULT-format ticker / book from its frame, or return 0 (shm/_fastwrite.c).
+        self._store_ticker_json: Callable[[bytes | memoryview, int], int] | None = getattr(
+            ticker_writer, "write_json", None
+        )
         self._store_book_json: Callable[[bytes | memoryview, int], int] | None = getattr(
-            orderbook_writer, "write_orderbook_json", None
+            orderbook_writer, "write_json", None
         )
         self._bus = bus
         self._trades = trades
@@ -160,24 +163,28 @@ class Router:
         write_orderbook = self._orderbook_writer.write_orderbook
         counts = self.counts
         deferred: list[Any] = []
+        store_ticker_json = self._store_ticker_json
         store_book_json = self._store_book_json
-        # A DEFAULT-format book ({"type":"orderbook",...) is stored straight from its
-        # frame when it has the common shape; byte 9 is the type's first letter.
+        # DEFAULT-format tickers and books ({"type":"ticker",... / {"type":"orderbook",...)
+        # are stored straight from their frames when they have the common shape.
         json_bytes = (
             decoder.max_frame_bytes
-            if store_book_json is not None and decoder.format == DEFAULT
+            if store_book_json is not None
+            and store_ticker_json is not None
+            and decoder.format == DEFAULT
             else 0
         )
         for _opcode, payload in messages:
             if tap is not None:
                 tap(connection, payload, recv_ns)
-            if (
-                9 < len(payload) <= json_bytes
-                and payload[9] == 111
-                and store_book_json(payload, recv_ns)
-            ):
-                counts["orderbook"] += 1
-                continue
+            if 10 < len(payload) <= json_bytes:
+                first = payload[9]  # the type's first letters
+                if first == 111 and store_book_json(payload, recv_ns):  # "o"rderbook
+                    counts["orderbook"] += 1
+                    continue
+                if first == 116 and payload[10] == 105 and store_ticker_json(payload, recv_ns):
+                    counts["ticker"] += 1  # "ti"cker
+                    continue
             try:
                 msg = decode(payload)
                 lane = lanes.get(type(msg)) or self._lane_for(type(msg))

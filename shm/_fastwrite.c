@@ -60,6 +60,7 @@ static const char *orderbook_names[OB_FIELDS] = {
 static const char *unit_names[UNIT_FIELDS] = {"ask_price", "bid_price", "ask_size", "bid_size"};
 
 _Static_assert(TK_FIELDS <= MAX_SLOT_FIELDS, "too many ticker fields for _slots.h");
+_Static_assert(TK_FIELDS + 9 <= 64, "ticker JSON keys must fit a 64-bit set");
 static SlotCache ticker_cache = {.names = ticker_names, .n = TK_FIELDS};
 static SlotCache orderbook_cache = {.names = orderbook_names, .n = OB_FIELDS};
 static SlotCache unit_cache = {.names = unit_names, .n = UNIT_FIELDS};
@@ -277,6 +278,37 @@ put_common(uint8_t *rec, const StoreArgs *a, int64_t origin_ns, int64_t timestam
 
 /* -------------------------------------------------------------------------- ticker */
 
+/* A whole ticker record; 0 if an enum code does not fit its byte. ``codes`` are the
+ * codes of change, ask_bid, market_state, market_warning, is_trading_suspended (int8)
+ * and stream_type; ``floats`` follow shm.layout.TICKER_FLOAT_FIELDS. */
+static int
+put_ticker_record(uint8_t *rec, const StoreArgs *a, int64_t origin_ns, int64_t timestamp,
+                  int64_t trade_timestamp, const long *codes, const double *floats)
+{
+    put_common(rec, a, origin_ns, timestamp);
+    for (int e = 0; e < 6; e++) {
+        long code = codes[e];
+        if (e == 4) {
+            if (code < INT8_MIN || code > INT8_MAX) {
+                return 0;
+            }
+            int8_t c = (int8_t)code;
+            memcpy(rec + 44 + e, &c, 1);
+        }
+        else {
+            if (code < 0 || code > UINT8_MAX) {
+                return 0;
+            }
+            rec[44 + e] = (uint8_t)code;
+        }
+    }
+    put_i64(rec, 56, trade_timestamp);
+    for (int i = 0; i < TICKER_FLOATS; i++) {
+        put_f64(rec, 64 + 8 * (size_t)i, floats[i]);
+    }
+    return 1;
+}
+
 static PyObject *
 store_ticker(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -295,38 +327,101 @@ store_ticker(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         !as_int64(values[TK_TRADE_TIMESTAMP], &trade_timestamp)) {
         Py_RETURN_FALSE;
     }
-    put_common(rec, &a, origin_ns, timestamp);
     static const int enum_fields[6] = {TK_CHANGE, TK_ASK_BID, TK_MARKET_STATE,
                                        TK_MARKET_WARNING, TK_SUSPENDED, TK_STREAM_TYPE};
+    long codes[6];
     for (int e = 0; e < 6; e++) {
-        long code;
-        if (!as_code(enum_maps[e], values[enum_fields[e]], &code)) {
+        if (!as_code(enum_maps[e], values[enum_fields[e]], &codes[e])) {
             Py_RETURN_FALSE;
-        }
-        if (e == 4) {
-            if (code < INT8_MIN || code > INT8_MAX) {
-                Py_RETURN_FALSE;
-            }
-            int8_t c = (int8_t)code;
-            memcpy(rec + 44 + e, &c, 1);
-        }
-        else {
-            if (code < 0 || code > UINT8_MAX) {
-                Py_RETURN_FALSE;
-            }
-            rec[44 + e] = (uint8_t)code;
         }
     }
-    put_i64(rec, 56, trade_timestamp);
+    double floats[TICKER_FLOATS];
     for (int i = 0; i < TICKER_FLOATS; i++) {
-        double d;
-        if (!as_double(values[TK_FLOATS + i], &d)) {
+        if (!as_double(values[TK_FLOATS + i], &floats[i])) {
             Py_RETURN_FALSE;
         }
-        put_f64(rec, 64 + 8 * (size_t)i, d);
+    }
+    if (!put_ticker_record(rec, &a, origin_ns, timestamp, trade_timestamp, codes, floats)) {
+        Py_RETURN_FALSE;
     }
     publish(&a.seg, a.slot, a.latest_word, a.index_word, a.feed_seq, rec, sizeof rec);
     Py_RETURN_TRUE;
+}
+
+/* The enum maps as C tables, for frames parsed here: names are bytes, not str. */
+#define ENUM_NAMES 8
+typedef struct {
+    char name[24];
+    size_t len;
+    long code;
+} EnumName;
+
+typedef struct {
+    EnumName names[ENUM_NAMES];
+    int n;
+    int has_none, has_true, has_false;
+    long none_code, true_code, false_code;
+} EnumTable;
+
+static EnumTable enum_tables[6];
+
+static int
+enum_table_of(PyObject *map, EnumTable *table)
+{
+    memset(table, 0, sizeof *table);
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(map, &pos, &key, &value)) {
+        long code = PyLong_AsLong(value);
+        if (code == -1 && PyErr_Occurred()) {
+            return 0;
+        }
+        if (key == Py_None) {
+            table->has_none = 1;
+            table->none_code = code;
+        }
+        else if (key == Py_True) {
+            table->has_true = 1;
+            table->true_code = code;
+        }
+        else if (key == Py_False) {
+            table->has_false = 1;
+            table->false_code = code;
+        }
+        else if (PyUnicode_Check(key)) {
+            Py_ssize_t len;
+            const char *name = PyUnicode_AsUTF8AndSize(key, &len);
+            if (name == NULL) {
+                return 0;
+            }
+            if (table->n == ENUM_NAMES || len >= (Py_ssize_t)sizeof table->names[0].name) {
+                PyErr_SetString(PyExc_ValueError, "enum map too large for the C tables");
+                return 0;
+            }
+            EnumName *entry = &table->names[table->n++];
+            memcpy(entry->name, name, (size_t)len);
+            entry->len = (size_t)len;
+            entry->code = code;
+        }
+        else {
+            PyErr_SetString(PyExc_TypeError, "enum map keys must be str, bool or None");
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The code of a string value (its bytes), as the map gives it for the same str. */
+static int
+enum_code(const EnumTable *table, const char *text, Py_ssize_t n, long *code)
+{
+    for (int i = 0; i < table->n; i++) {
+        if (table->names[i].len == (size_t)n && memcmp(table->names[i].name, text, (size_t)n) == 0) {
+            *code = table->names[i].code;
+            return 1;
+        }
+    }
+    return 0;
 }
 
 static PyObject *
@@ -338,9 +433,16 @@ set_enum_maps(PyObject *module, PyObject *args)
                           &maps[4], &PyDict_Type, &maps[5])) {
         return NULL;
     }
+    EnumTable tables[6];
+    for (int i = 0; i < 6; i++) {
+        if (!enum_table_of(maps[i], &tables[i])) {
+            return NULL;
+        }
+    }
     for (int i = 0; i < 6; i++) {
         Py_INCREF(maps[i]);
         Py_XSETREF(enum_maps[i], maps[i]);
+        enum_tables[i] = tables[i];
     }
     Py_RETURN_NONE;
 }
@@ -437,8 +539,8 @@ store_orderbook(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * way: an object with the keys of feedhandler.upbit.hot.HotOrderbook, each at most
  * once, "type" "orderbook", the required keys present, numbers where floats or ints are
  * due (an int key refuses a fraction or exponent, as msgspec does), null only where
- * the field is optional. Numbers are converted by strtod, which rounds correctly, as
- * msgspec does. Anything else -- an unknown key (schema drift, counted by the Python
+ * the field is optional. Numbers are rounded correctly (json_double), as msgspec
+ * rounds them. Anything else -- an unknown key (schema drift, counted by the Python
  * decoder), a string with escapes or non-ASCII bytes, a number out of range, a code
  * without a symbol -- returns False with nothing written, and the caller decodes the
  * frame and stores it the usual way.
@@ -466,6 +568,25 @@ take(Json *j, char c)
         return 1;
     }
     return 0;
+}
+
+/* An object key: its bytes up to the next quote. Only exact matches with known names
+ * are used, and none holds a backslash, so a key with an escape never matches and the
+ * frame is left to the Python path. */
+static inline int
+key_string(Json *j, const char **text, Py_ssize_t *n)
+{
+    if (!take(j, '"')) {
+        return 0;
+    }
+    const char *quote = memchr(j->p, '"', (size_t)(j->end - j->p));
+    if (quote == NULL) {
+        return 0;
+    }
+    *text = j->p;
+    *n = quote - j->p;
+    j->p = quote + 1;
+    return 1;
 }
 
 /* A string of printable ASCII without escapes: its bytes in [*text, *text + *n). */
@@ -551,11 +672,24 @@ scan_number(Json *j, Number *n)
         if (!(p < end && *p >= '0' && *p <= '9')) {
             return 0;
         }
+        int zeros = 0; /* fraction zeros not yet applied: trailing ones never are */
         while (p < end && *p >= '0' && *p <= '9') {
-            if (digits == 0 && *p == '0') {
-                exp10--; /* a leading zero of the fraction */
+            if (*p == '0') {
+                if (digits == 0) {
+                    exp10--; /* a leading zero of the fraction */
+                }
+                else {
+                    zeros++;
+                }
             }
             else {
+                for (; zeros > 0; zeros--) {
+                    if (digits < 19) {
+                        mantissa *= 10;
+                        exp10--;
+                    }
+                    digits++;
+                }
                 if (digits < 19) {
                     mantissa = mantissa * 10 + (uint64_t)(*p - '0');
                     exp10--;
@@ -699,7 +833,7 @@ json_unit(Json *j, double *level)
     do {
         const char *key;
         Py_ssize_t n;
-        if (!plain_string(j, &key, &n) || !take(j, ':')) {
+        if (!key_string(j, &key, &n) || !take(j, ':')) {
             return 0;
         }
         int field = key_index(key, n, unit_names, unit_name_lengths, UNIT_FIELDS, next);
@@ -751,7 +885,7 @@ json_orderbook(Json *j, JsonBook *book)
     do {
         const char *key, *text;
         Py_ssize_t n;
-        if (!plain_string(j, &key, &n) || !take(j, ':')) {
+        if (!key_string(j, &key, &n) || !take(j, ':')) {
             return 0;
         }
         int field = key_index(key, n, orderbook_json_keys, orderbook_json_key_lengths, OJ_KEYS,
@@ -818,13 +952,13 @@ json_orderbook(Json *j, JsonBook *book)
     return j->p == j->end && (seen & OJ_REQUIRED) == OJ_REQUIRED;
 }
 
-/* The record of a parsed book: its symbol from ``targets`` (code -> (symbol,
- * latest_word, latest_view, index_word), the writer's table) and its stream type code.
- * 0 without an error set if the code has no symbol or the stream type no code. */
+/* The symbol and slots of ``code`` from ``targets`` (code -> (symbol, latest_word,
+ * latest_view, index_word), the writer's table) into ``a``: 1, or 0 without an error
+ * set if the code has no symbol, -1 on an error. */
 static int
-json_book_target(const JsonBook *book, PyObject *targets, StoreArgs *a, long *stream_type)
+json_target(const char *text, Py_ssize_t n, PyObject *targets, StoreArgs *a)
 {
-    PyObject *code = PyUnicode_FromStringAndSize(book->code, book->code_len);
+    PyObject *code = PyUnicode_FromStringAndSize(text, n);
     if (code == NULL) {
         return -1;
     }
@@ -848,60 +982,78 @@ json_book_target(const JsonBook *book, PyObject *targets, StoreArgs *a, long *st
         PyErr_SetString(PyExc_ValueError, "target out of range");
         return -1;
     }
-    PyObject *name = Py_None;
-    if (book->stream_type_len >= 0) {
-        name = PyUnicode_FromStringAndSize(book->stream_type, book->stream_type_len);
-        if (name == NULL) {
-            return -1;
-        }
-    }
-    else {
-        Py_INCREF(name);
-    }
-    int known = as_code(enum_maps[5], name, stream_type);
-    Py_DECREF(name);
-    return known && *stream_type >= 0 && *stream_type <= UINT8_MAX;
+    return 1;
 }
 
-/* (segment, slot, feed_seq, recv_ns, targets, payload) */
-static PyObject *
-store_orderbook_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* The arguments every JSON store takes: (segment, slot, feed_seq, recv_ns, targets,
+ * payload). The payload's buffer is acquired; the caller releases it. */
+static int
+parse_json_store_args(PyObject *const *args, Py_ssize_t nargs, StoreArgs *a, Py_buffer *payload)
 {
     if (nargs != 6) {
         PyErr_Format(PyExc_TypeError, "expected 6 arguments, got %zd", nargs);
-        return NULL;
+        return 0;
     }
-    if (enum_maps[5] == NULL) {
+    if (enum_maps[0] == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "set_enum_maps() was not called");
-        return NULL;
+        return 0;
     }
-    StoreArgs a;
-    if (!segment_of(args[0], &a.seg)) {
-        return NULL;
+    if (!segment_of(args[0], &a->seg)) {
+        return 0;
     }
-    a.slot = PyLong_AsSsize_t(args[1]);
-    a.feed_seq = PyLong_AsUnsignedLongLong(args[2]);
-    a.recv_ns = PyLong_AsLongLong(args[3]);
+    a->slot = PyLong_AsSsize_t(args[1]);
+    a->feed_seq = PyLong_AsUnsignedLongLong(args[2]);
+    a->recv_ns = PyLong_AsLongLong(args[3]);
     if (PyErr_Occurred()) {
-        return NULL;
+        return 0;
     }
-    if (a.feed_seq == 0) {
+    if (a->feed_seq == 0) {
         PyErr_SetString(PyExc_ValueError, "feed_seq must be >= 1");
-        return NULL;
+        return 0;
     }
     if (!PyDict_CheckExact(args[4])) {
         PyErr_SetString(PyExc_TypeError, "targets must be a dict");
-        return NULL;
+        return 0;
     }
+    return PyObject_GetBuffer(args[5], payload, PyBUF_SIMPLE) == 0;
+}
+
+static int
+record_in_segment(const StoreArgs *a, Py_ssize_t size)
+{
+    return in_segment(&a->seg, a->slot, size) && in_segment(&a->seg, a->latest_word * 8, size) &&
+           in_segment(&a->seg, a->index_word * 8, 8) && in_segment(&a->seg, HEAD_WORD * 8, 8);
+}
+
+/* The stream type's code: of its name, or of None (null or absent). */
+static int
+stream_type_code(const char *text, Py_ssize_t n, long *code)
+{
+    const EnumTable *table = &enum_tables[5];
+    int known = n >= 0 ? enum_code(table, text, n, code) : table->has_none;
+    if (n < 0 && known) {
+        *code = table->none_code;
+    }
+    return known && *code >= 0 && *code <= UINT8_MAX;
+}
+
+static PyObject *
+store_orderbook_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    StoreArgs a;
     Py_buffer payload;
-    if (PyObject_GetBuffer(args[5], &payload, PyBUF_SIMPLE) < 0) {
+    if (!parse_json_store_args(args, nargs, &a, &payload)) {
         return NULL;
     }
     JsonBook book;
     Json j = {(const char *)payload.buf, (const char *)payload.buf + payload.len};
     long stream_type = 0;
-    /* book.code and book.stream_type point into the payload: looked up before release. */
-    int target = json_orderbook(&j, &book) ? json_book_target(&book, args[4], &a, &stream_type) : 0;
+    /* book.code and book.stream_type point into the payload: used before release. */
+    int target = 0;
+    if (json_orderbook(&j, &book) &&
+        stream_type_code(book.stream_type, book.stream_type_len, &stream_type)) {
+        target = json_target(book.code, book.code_len, args[4], &a);
+    }
     PyBuffer_Release(&payload);
     if (target < 0) {
         return NULL;
@@ -909,9 +1061,7 @@ store_orderbook_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (target == 0) {
         Py_RETURN_FALSE;
     }
-    if (!in_segment(&a.seg, a.slot, ORDERBOOK_RECORD_SIZE) ||
-        !in_segment(&a.seg, a.latest_word * 8, ORDERBOOK_RECORD_SIZE) ||
-        !in_segment(&a.seg, a.index_word * 8, 8) || !in_segment(&a.seg, HEAD_WORD * 8, 8)) {
+    if (!record_in_segment(&a, ORDERBOOK_RECORD_SIZE)) {
         return NULL;
     }
     uint8_t rec[ORDERBOOK_RECORD_SIZE];
@@ -919,6 +1069,177 @@ store_orderbook_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     put_orderbook_head(rec, &a, book.sim_ns, book.timestamp, book.n_levels, stream_type,
                        book.totals);
     memcpy(rec + ORDERBOOK_LEVELS_OFF, book.levels, sizeof(double) * UNIT_FIELDS * book.n_levels);
+    publish(&a.seg, a.slot, a.latest_word, a.index_word, a.feed_seq, rec, sizeof rec);
+    Py_RETURN_TRUE;
+}
+
+/* ----------------------------------------------------------- ticker from its JSON */
+
+/*
+ * store_ticker_json: the same for a DEFAULT-format ticker frame, with the keys of
+ * feedhandler.upbit.hot.HotTicker. Every key but "type" and "code" is optional (absent
+ * reads as null); floats are numbers or null, the two timestamps integers or null,
+ * sim_ns an integer, is_trading_suspended true, false or null, the enum keys and the
+ * strings the record does not hold (dates, times, trade_status, market_state_for_ios)
+ * plain strings or null. An enum string without a code is left to the Python path.
+ */
+
+enum {
+    TJ_TYPE = TK_FIELDS, TJ_CODE, TJ_OTHER_STRINGS, TJ_KEYS = TJ_OTHER_STRINGS + 7
+};
+static const char *ticker_json_keys[TJ_KEYS];
+static size_t ticker_json_key_lengths[TJ_KEYS];
+static const char *ticker_other_strings[7] = {
+    "trade_date", "trade_time", "highest_52_week_date", "lowest_52_week_date",
+    "delisting_date", "trade_status", "market_state_for_ios",
+};
+/* The key that followed each key in the last frame: frames repeat one key order, so
+ * the next key is found at the first comparison. */
+static int ticker_key_successor[TJ_KEYS + 1];
+
+static void
+init_ticker_json_keys(void)
+{
+    for (int k = 0; k < TK_FIELDS; k++) {
+        ticker_json_keys[k] = ticker_names[k];
+    }
+    ticker_json_keys[TJ_TYPE] = "type";
+    ticker_json_keys[TJ_CODE] = "code";
+    for (int k = 0; k < 7; k++) {
+        ticker_json_keys[TJ_OTHER_STRINGS + k] = ticker_other_strings[k];
+    }
+    for (int k = 0; k < TJ_KEYS; k++) {
+        ticker_json_key_lengths[k] = strlen(ticker_json_keys[k]);
+    }
+}
+
+typedef struct {
+    const char *code;
+    Py_ssize_t code_len;
+    int64_t sim_ns, timestamp, trade_timestamp;
+    long codes[6];
+    double floats[TICKER_FLOATS];
+} JsonTicker;
+
+/* change, ask_bid, market_state, market_warning, -, stream_type: their enum table */
+static const int ticker_enum_of_field[TK_FIELDS] = {
+    [TK_CHANGE] = 0 + 1, [TK_ASK_BID] = 1 + 1, [TK_MARKET_STATE] = 2 + 1,
+    [TK_MARKET_WARNING] = 3 + 1, [TK_STREAM_TYPE] = 5 + 1,
+};
+
+static int
+json_ticker(Json *j, JsonTicker *t)
+{
+    t->sim_ns = t->timestamp = t->trade_timestamp = 0;
+    for (int i = 0; i < TICKER_FLOATS; i++) {
+        t->floats[i] = Py_NAN;
+    }
+    for (int e = 0; e < 6; e++) {
+        const EnumTable *table = &enum_tables[e];
+        if (!table->has_none) {
+            return 0;
+        }
+        t->codes[e] = table->none_code;
+    }
+    if (!take(j, '{')) {
+        return 0;
+    }
+    uint64_t seen = 0;
+    int previous = TJ_KEYS;
+    do {
+        const char *key, *text;
+        Py_ssize_t n;
+        if (!key_string(j, &key, &n) || !take(j, ':')) {
+            return 0;
+        }
+        int field = key_index(key, n, ticker_json_keys, ticker_json_key_lengths, TJ_KEYS,
+                              ticker_key_successor[previous]);
+        if (field < 0 || (seen & (UINT64_C(1) << field))) {
+            return 0;
+        }
+        ticker_key_successor[previous] = field;
+        previous = field;
+        seen |= UINT64_C(1) << field;
+        int ok;
+        if (field >= TK_FLOATS && field < TK_FIELDS) {
+            ok = take_literal(j, "null", 4) || json_double(j, &t->floats[field - TK_FLOATS]);
+        }
+        else if (field == TK_SIM_NS) {
+            ok = json_int64(j, &t->sim_ns);
+        }
+        else if (field == TK_TIMESTAMP || field == TK_TRADE_TIMESTAMP) {
+            int64_t *out = field == TK_TIMESTAMP ? &t->timestamp : &t->trade_timestamp;
+            ok = take_literal(j, "null", 4) || json_int64(j, out);
+        }
+        else if (field == TK_SUSPENDED) {
+            const EnumTable *table = &enum_tables[4];
+            if (take_literal(j, "true", 4)) {
+                ok = table->has_true;
+                t->codes[4] = table->true_code;
+            }
+            else if (take_literal(j, "false", 5)) {
+                ok = table->has_false;
+                t->codes[4] = table->false_code;
+            }
+            else {
+                ok = take_literal(j, "null", 4); /* the None code, set above */
+            }
+        }
+        else if (field < TK_FIELDS) { /* an enum string */
+            int e = ticker_enum_of_field[field] - 1;
+            ok = take_literal(j, "null", 4) ||
+                 (plain_string(j, &text, &n) && enum_code(&enum_tables[e], text, n, &t->codes[e]));
+        }
+        else if (field == TJ_TYPE) {
+            ok = plain_string(j, &text, &n) && n == 6 && memcmp(text, "ticker", 6) == 0;
+        }
+        else if (field == TJ_CODE) {
+            ok = plain_string(j, &t->code, &t->code_len);
+        }
+        else {
+            ok = take_literal(j, "null", 4) || plain_string(j, &text, &n);
+        }
+        if (!ok) {
+            return 0;
+        }
+    } while (take(j, ','));
+    if (!take(j, '}')) {
+        return 0;
+    }
+    skip_space(j);
+    uint64_t required = (UINT64_C(1) << TJ_TYPE) | (UINT64_C(1) << TJ_CODE);
+    return j->p == j->end && (seen & required) == required;
+}
+
+static PyObject *
+store_ticker_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    StoreArgs a;
+    Py_buffer payload;
+    if (!parse_json_store_args(args, nargs, &a, &payload)) {
+        return NULL;
+    }
+    JsonTicker ticker;
+    Json j = {(const char *)payload.buf, (const char *)payload.buf + payload.len};
+    /* ticker.code points into the payload: used before release. */
+    int target = json_ticker(&j, &ticker) ? json_target(ticker.code, ticker.code_len, args[4], &a)
+                                          : 0;
+    PyBuffer_Release(&payload);
+    if (target < 0) {
+        return NULL;
+    }
+    if (target == 0) {
+        Py_RETURN_FALSE;
+    }
+    if (!record_in_segment(&a, TICKER_RECORD_SIZE)) {
+        return NULL;
+    }
+    uint8_t rec[TICKER_RECORD_SIZE];
+    memset(rec, 0, sizeof rec);
+    if (!put_ticker_record(rec, &a, ticker.sim_ns, ticker.timestamp, ticker.trade_timestamp,
+                           ticker.codes, ticker.floats)) {
+        Py_RETURN_FALSE;
+    }
     publish(&a.seg, a.slot, a.latest_word, a.index_word, a.feed_seq, rec, sizeof rec);
     Py_RETURN_TRUE;
 }
@@ -937,6 +1258,11 @@ static PyMethodDef methods[] = {
     {"store_orderbook_json", (PyCFunction)(void (*)(void))store_orderbook_json, METH_FASTCALL,
      "store_orderbook_json(segment, slot, feed_seq, recv_ns, targets, payload) -> bool\n\n"
      "Parse a DEFAULT-format order-book frame and store and publish its record; False "
+     "(nothing written) if the frame is outside the common case or its code has no "
+     "symbol in targets."},
+    {"store_ticker_json", (PyCFunction)(void (*)(void))store_ticker_json, METH_FASTCALL,
+     "store_ticker_json(segment, slot, feed_seq, recv_ns, targets, payload) -> bool\n\n"
+     "Parse a DEFAULT-format ticker frame and store and publish its record; False "
      "(nothing written) if the frame is outside the common case or its code has no "
      "symbol in targets."},
     {"set_enum_maps", set_enum_maps, METH_VARARGS,
@@ -962,6 +1288,7 @@ PyInit__fastwrite(void)
     for (int k = 0; k < OJ_KEYS; k++) {
         orderbook_json_key_lengths[k] = strlen(orderbook_json_keys[k]);
     }
+    init_ticker_json_keys();
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL) {
         return NULL;

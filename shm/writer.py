@@ -329,6 +329,39 @@ class SnapshotWriter:
             self._abandon(slot)
             raise
 
+    def write_json(self, payload: bytes | memoryview, recv_ns: int) -> int:
+        """Store a message of this writer's kind straight from its DEFAULT-format JSON
+        frame, without decoding it first; return its feed sequence number.
+
+        Returns 0 with nothing written when the C helper is not in use or the frame is
+        outside the common case (see ``store_ticker_json`` and ``store_orderbook_json``
+        in shm/_fastwrite.c: they take only frames the strict decoder takes, and read
+        them the same way) or its code has no symbol: decode the frame and call
+        :meth:`write`.
+        """
+        json_store = self._json_store
+        if json_store is None:
+            return 0
+        self._acquire()
+        try:
+            hot = self._hot
+            if hot is None:
+                raise ValueError(f"shm writer for {self.name!r} is closed")
+            feed_seq = self._head + 1
+            slot = next(self._slots)
+            try:
+                stored = json_store(hot[2], slot, feed_seq, recv_ns, self._targets, payload)
+            except BaseException:
+                self._unused_slot()
+                raise
+            if not stored:
+                self._unused_slot()
+                return 0
+            self._head = feed_seq
+            return feed_seq
+        finally:
+            self._release()
+
     def _unused_slot(self) -> None:
         # Nothing was written to the slot just taken: the next message takes it again.
         self._slots = self._slot_cycle(self._head)
@@ -543,38 +576,6 @@ class OrderbookWriter(SnapshotWriter):
             q[latest_word] = odd + 1
             q[index_word] = feed_seq
             q[_HEAD] = feed_seq
-            self._head = feed_seq
-            return feed_seq
-        finally:
-            self._release()
-
-    def write_orderbook_json(self, payload: bytes | memoryview, recv_ns: int) -> int:
-        """Store an order book straight from its DEFAULT-format JSON frame, without
-        decoding it into a message first; return its feed sequence number.
-
-        Returns 0 with nothing written when the C helper is not in use or the frame is
-        outside the common case (see ``store_orderbook_json`` in shm/_fastwrite.c: it
-        takes only frames the strict decoder takes, and reads them the same way) or its
-        code has no symbol: decode the frame and call :meth:`write_orderbook`.
-        """
-        json_store = self._json_store
-        if json_store is None:
-            return 0
-        self._acquire()
-        try:
-            hot = self._hot
-            if hot is None:
-                raise ValueError(f"shm writer for {self.name!r} is closed")
-            feed_seq = self._head + 1
-            slot = next(self._slots)
-            try:
-                stored = json_store(hot[2], slot, feed_seq, recv_ns, self._targets, payload)
-            except BaseException:
-                self._unused_slot()
-                raise
-            if not stored:
-                self._unused_slot()
-                return 0
             self._head = feed_seq
             return feed_seq
         finally:

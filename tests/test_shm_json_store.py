@@ -1,4 +1,5 @@
-"""Order books stored straight from their JSON (store_orderbook_json in shm/_fastwrite.c).
+"""Tickers and order books stored straight from their JSON (store_ticker_json and
+store_orderbook_json in shm/_fastwrite.c).
 
 Every frame goes to two writers: one stores it from its JSON when the C parser takes
 it (and otherwise decodes it and stores the message, as the router does), the other
@@ -22,9 +23,9 @@ import pytest
 import shm
 from feedhandler.router import Router
 from feedhandler.upbit import ProtocolError
-from feedhandler.upbit.hot import HotDecoder
+from feedhandler.upbit.hot import HotDecoder, HotOrderbook, HotTicker
 from shm import native
-from simulator.encode import encode_orderbook
+from simulator.encode import encode_orderbook, encode_ticker
 from simulator.frames import STAMP_DIGITS, with_stamp_slot
 from simulator.generator import MarketGenerator
 from simulator.markets import market_list
@@ -46,30 +47,32 @@ def prefix() -> Iterator[str]:
 class Pair:
     """The JSON path (with its fallback) and the decode-and-store path, side by side."""
 
-    def __init__(self, prefix: str, capacity: int = 64) -> None:
+    def __init__(self, prefix: str, kind: str = "orderbook", capacity: int = 64) -> None:
         if not native.available():
             pytest.skip(native.STATUS)
         codes = list(dict.fromkeys(CODES))
-        self.fast = shm.OrderbookWriter(prefix + "j", codes, capacity=capacity, native=True)
-        self.slow = shm.OrderbookWriter(prefix + "p", codes, capacity=capacity, native=False)
-        self.readers = [shm.attach(prefix + s, "orderbook", timeout=1) for s in ("j", "p")]
+        cls = shm.OrderbookWriter if kind == "orderbook" else shm.TickerWriter
+        self.kind = kind
+        self.fast = cls(prefix + "j", codes, capacity=capacity, native=True)
+        self.slow = cls(prefix + "p", codes, capacity=capacity, native=False)
+        self.readers = [shm.attach(prefix + s, kind, timeout=1) for s in ("j", "p")]
         self.decoder = HotDecoder(format="DEFAULT")
         self.taken = 0
 
     def write(self, frame: bytes, recv_ns: int) -> bool:
         """Both paths; True if the JSON path stored the frame."""
         outcomes = []
-        from_json = self.fast.write_orderbook_json(frame, recv_ns)
+        from_json = self.fast.write_json(frame, recv_ns)
         for writer in (self.fast, self.slow):
             if writer is self.fast and from_json:
                 outcomes.append(("ok", from_json))
                 continue
             try:
                 msg = self.decoder.decode(frame)
-                if not hasattr(msg, "orderbook_units"):
-                    outcomes.append(("not a book", type(msg).__name__))
+                if not isinstance(msg, HotOrderbook if self.kind == "orderbook" else HotTicker):
+                    outcomes.append(("another kind", type(msg).__name__))
                     continue
-                outcomes.append(("ok", writer.write_orderbook(msg, recv_ns)))
+                outcomes.append(("ok", writer.write(msg, recv_ns)))
             except (ProtocolError, shm.UnknownSymbolError, TypeError, ValueError) as exc:
                 outcomes.append((type(exc).__name__, str(exc).replace(writer.name, "")))
         assert outcomes[0] == outcomes[1], frame
@@ -100,6 +103,13 @@ def pair(prefix: str) -> Iterator[Pair]:
     p.close()
 
 
+@pytest.fixture
+def ticker_pair(prefix: str) -> Iterator[Pair]:
+    p = Pair(prefix, "ticker")
+    yield p
+    p.close()
+
+
 def generated(count: int, *, stamp: bool = True) -> list[bytes]:
     generator = MarketGenerator(MARKETS, seed=5)
     frames = []
@@ -119,6 +129,24 @@ def generated(count: int, *, stamp: bool = True) -> list[bytes]:
     return frames
 
 
+def generated_tickers(count: int) -> list[bytes]:
+    generator = MarketGenerator(MARKETS, seed=9)
+    frames = []
+    for i in range(count):
+        market = MARKETS[i % len(MARKETS)]
+        generator.trade_in(market.code, 1_790_000_000_000 + i)
+        frame = encode_ticker(
+            generator.states[market.code], "DEFAULT", ("SNAPSHOT", "REALTIME")[i % 2]
+        )
+        stamp = b"%d" % (1_790_000_000_000_000_000 + i)
+        frames.append(with_stamp_slot(frame, False).replace(b"0" * STAMP_DIGITS, stamp))
+    return frames
+
+
+def base_ticker() -> dict[str, Any]:
+    return json.loads((SAMPLES / "ticker_default_KRW-BTC_1.json").read_bytes())
+
+
 def base_book() -> dict[str, Any]:
     return json.loads((SAMPLES / "orderbook_default_KRW-BTC_3.json").read_bytes())
 
@@ -127,11 +155,12 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def test_the_json_store_is_built() -> None:
+def test_the_json_stores_are_built() -> None:
     if native.turned_off():
         pytest.skip(f"{native.DISABLE_ENV} is set")
     module = native.module()
-    assert module is not None and hasattr(module, "store_orderbook_json"), native.STATUS
+    assert module is not None, native.STATUS
+    assert hasattr(module, "store_orderbook_json") and hasattr(module, "store_ticker_json")
 
 
 def test_samples_and_generated_books_are_stored_from_their_json(pair: Pair) -> None:
@@ -231,6 +260,47 @@ def mutations() -> list[bytes]:
 _DROP = object()
 
 
+def ticker_mutations() -> list[bytes]:
+    ticker = base_ticker()
+    out: list[bytes] = []
+
+    def variant(**changes: Any) -> None:
+        changed = {**ticker, **changes}
+        out.append(dumps({k: v for k, v in changed.items() if v is not _DROP}))
+
+    for key in [*ticker, "sim_ns", "trade_status", "market_state_for_ios"]:
+        for value in (_DROP, None, "1", "RISE", 1, -0, 1.5, True, False, [], {}):
+            variant(**{key: value})
+    for key in ("change", "ask_bid", "market_state", "market_warning", "stream_type"):
+        variant(**{key: "UNHEARD_OF"})
+        variant(**{key: ""})
+    variant(ask_bid="ASK")
+    variant(change="EVEN", market_state="PREVIEW", market_warning="CAUTION")
+    variant(sim_ns=2**63 - 1)
+    variant(sim_ns=2**63)
+    variant(timestamp=-(2**63))
+    variant(extra_key="x")
+    variant(code="KRW-NOPE")
+    variant(type="trade")
+    text = dumps(ticker)
+    for raw in (
+        b" \t" + text + b"\r\n",
+        text.replace(b",", b" , ", 7),
+        text.replace(b'"code":"KRW-BTC"', b'"code":"KRW-BTC","code":"KRW-BTC"'),
+        text.replace(b'"trade_date":"', b'"trade_date":"\\u0032'),
+        text.replace(b'"change":"', b'"change":"\\u0052'),
+        text.replace(b"true", b"tru", 1),
+        text.replace(b"false", b"fals", 1),
+        text + b",",
+        text[:-1],
+        b'{"type":"ticker","code":"KRW-BTC"}',
+        b'{"code":"KRW-BTC","type":"ticker","sim_ns":5}',
+        b'{"type":"ticker"}',
+    ):
+        out.append(raw)
+    return out
+
+
 def test_frames_at_the_edge_are_stored_from_json_only_as_the_decoder_reads_them(
     pair: Pair,
 ) -> None:
@@ -256,11 +326,56 @@ def test_numbers_are_read_as_the_decoder_reads_them(pair: Pair) -> None:
     assert pair.taken > 200
 
 
+def test_sample_and_generated_tickers_are_stored_from_their_json(ticker_pair: Pair) -> None:
+    frames = [
+        (SAMPLES / "ticker_default_KRW-BTC_1.json").read_bytes(),
+        *generated_tickers(60),
+    ]
+    for k, frame in enumerate(frames):
+        assert ticker_pair.write(frame, recv_ns=1_000 + k), frame[:80]
+    assert ticker_pair.fast.head == len(frames)
+
+
+def test_tickers_at_the_edge_are_stored_from_json_only_as_the_decoder_reads_them(
+    ticker_pair: Pair,
+) -> None:
+    frames = [
+        *ticker_mutations(),
+        (SAMPLES / "ticker_default-legacy_KRW-BTC_2.json").read_bytes(),
+        *mutations(),  # books, to a ticker writer
+    ]
+    taken = [ticker_pair.write(frame, recv_ns=10 + k) for k, frame in enumerate(frames)]
+    assert 20 < sum(taken) < len(taken)
+
+
+def test_ticker_numbers_are_read_as_the_decoder_reads_them(ticker_pair: Pair) -> None:
+    rng = random.Random(5)
+    ticker = base_ticker()
+    for k in range(300):
+        value = struct.unpack("<d", rng.randbytes(8))[0]
+        if not math.isfinite(value):
+            continue
+        spelled = rng.choice([repr(value), f"{value:.17g}", f"{value:.6e}", f"{value:.12f}"])
+        key = rng.choice(["trade_price", "acc_trade_volume", "signed_change_rate"])
+        frame = dumps({**ticker, key: 0}).replace(
+            f'"{key}":0'.encode(), f'"{key}":{spelled}'.encode()
+        )
+        ticker_pair.write(frame, recv_ns=k)
+    assert ticker_pair.taken > 200
+
+
+def test_random_damage_to_tickers_never_stores_what_the_decoder_would_not(
+    ticker_pair: Pair,
+) -> None:
+    damage(ticker_pair, generated_tickers(12), seed=23)
+    assert ticker_pair.taken > 20
+
+
 def test_a_code_without_a_symbol_is_left_to_the_decoder_path(pair: Pair) -> None:
     book = base_book()
     book["code"] = "KRW-NOPE"
     frame = dumps(book)
-    assert pair.fast.write_orderbook_json(frame, 1) == 0
+    assert pair.fast.write_json(frame, 1) == 0
     assert pair.fast.head == 0
     pair.write(frame, recv_ns=2)  # both raise UnknownSymbolError
     # The slot was not used up: the next book takes feed_seq 1 in the same slot.
@@ -293,35 +408,47 @@ def test_bad_arguments_raise() -> None:
     assert store(segment, 1024, 1, 0, {"OTHER": (0, 16, None, 2)}, frame) is False
 
 
-def test_the_router_stores_books_from_json_and_counts_them(prefix: str) -> None:
+def test_the_router_stores_tickers_and_books_from_json_and_counts_them(prefix: str) -> None:
     if not native.available():
         pytest.skip(native.STATUS)
     codes = list(dict.fromkeys(CODES))
     with shm.TickerWriter(prefix, codes) as tickers, shm.OrderbookWriter(prefix, codes) as books:
-        calls: list[int] = []
-        store = books.write_orderbook_json
+        stored: list[str] = []
 
-        def counting(frame: bytes | memoryview, recv_ns: int) -> int:
-            calls.append(recv_ns)
-            return store(frame, recv_ns)
+        def counting(writer: shm.SnapshotWriter) -> Any:
+            def store(frame: bytes | memoryview, recv_ns: int) -> int:
+                feed_seq = writer.write_json(frame, recv_ns)
+                stored.append(f"{writer.kind}:{bool(feed_seq)}")
+                return feed_seq
+
+            return store
 
         router = Router(ticker_writer=tickers, orderbook_writer=books, bus=None, trades=None)  # type: ignore[arg-type]
-        router._store_book_json = counting
-        frames = generated(6)
-        frames.append(frames[0].replace(b'"type":"orderbook",', b'"type":"orderbook","x":1,'))
+        router._store_ticker_json = counting(tickers)
+        router._store_book_json = counting(books)
+        book, ticker = generated(1)[0], generated_tickers(1)[0]
+        drifted_book = book.replace(b'"type":"orderbook",', b'"type":"orderbook","x":1,')
+        drifted_ticker = ticker.replace(b'"type":"ticker",', b'"type":"ticker","x":1,')
+        frames = [book, ticker, drifted_book, drifted_ticker, book, ticker]
         router.route_batch("c", HotDecoder(format="DEFAULT"), [(2, f) for f in frames], 7)
-        assert router.counts["orderbook"] == 7 and books.head == 7
-        assert calls == [7] * 7
-        simple = HotDecoder(format="SIMPLE")
-        router.route_batch("c", simple, [(2, frames[1])], 8)
-        assert calls == [7] * 7 and books.head == 8  # a SIMPLE connection decodes
+        assert router.counts["orderbook"] == 3 and books.head == 3
+        assert router.counts["ticker"] == 3 and tickers.head == 3
+        assert stored == [
+            "orderbook:True",
+            "ticker:True",
+            "orderbook:False",  # the unknown key is counted by the decoder, then stored
+            "ticker:False",
+            "orderbook:True",
+            "ticker:True",
+        ]
+        router.route_batch("c", HotDecoder(format="SIMPLE"), [(2, book), (2, ticker)], 8)
+        assert len(stored) == 6 and books.head == 4 and tickers.head == 4  # decoded
 
 
-def test_random_damage_never_stores_what_the_decoder_would_not(pair: Pair) -> None:
-    rng = random.Random(17)
-    frames = generated(12)
+def damage(pair: Pair, frames: list[bytes], seed: int, count: int = 1500) -> None:
+    rng = random.Random(seed)
     alphabet = b'{}[]":,.-+eE0123456789 \\nulltrue' + bytes([0, 0x7F, 0xC3, 0xA9])
-    for k in range(1500):
+    for k in range(count):
         frame = bytearray(rng.choice(frames))
         for _ in range(rng.randint(1, 3)):
             at = rng.randrange(len(frame) + 1)
@@ -335,4 +462,8 @@ def test_random_damage_never_stores_what_the_decoder_would_not(pair: Pair) -> No
             else:
                 del frame[at:]
         pair.write(bytes(frame), recv_ns=k)
+
+
+def test_random_damage_never_stores_what_the_decoder_would_not(pair: Pair) -> None:
+    damage(pair, generated(12), seed=17)
     assert pair.taken > 50
