@@ -243,11 +243,17 @@ def one_core_burst(
     sim_pins = pin_process(sim.pid, set(cpus[:-1]))
     bus_pins = pin_process(bus.pid, set(cpus[:-1]))
     try:
+        # The feed moves its ZeroMQ I/O thread to SCHED_IDLE once confined (within 0.5 s).
+        policy = None
+        deadline = time.monotonic() + 2.0
+        while policy != "idle" and time.monotonic() < deadline:
+            policy = feed.metrics().get("zmq_io_thread_policy")
+            time.sleep(0.05)
         run_ = feed_burst(sim, feed, conn_id, bus, BURST_SETS["mixed"], frames)
     finally:
         for pins in (feed_pins, sim_pins, bus_pins):
             unpin_process(pins)
-    return {**run_, "feed_cpus": [cpus[-1]]}
+    return {**run_, "feed_cpus": [cpus[-1]], "zmq_io_thread_policy": policy}
 
 
 def low_latency_runs(

@@ -27,7 +27,12 @@ from feedhandler.control import ControlServer, WorkerRegistry
 from feedhandler.gcstats import GcPauses, freeze_startup_heap
 from feedhandler.health import ConnectionHealth, HealthThresholds, process_health
 from feedhandler.logs import RateLimitedLog, register_secret
-from feedhandler.publisher import CurveKeys, Publisher, start_io_threads_as_batch
+from feedhandler.publisher import (
+    CurveKeys,
+    Publisher,
+    fit_io_threads_to_cpus,
+    start_io_threads_as_batch,
+)
 from feedhandler.ratelimit import RateLimiter, RateLimitSettings
 from feedhandler.rest import RestClient, RestError
 from feedhandler.router import Router, publish_trade_to, publish_trades_to
@@ -134,6 +139,7 @@ class FeedProcess:
         self._bad_frames = RateLimitedLog(log, interval=10.0)
         self.gc_pauses = GcPauses()
         self.started_at = time.time()
+        self.io_thread_policy: str | None = None
 
     # -- start -----------------------------------------------------------------------
 
@@ -165,6 +171,7 @@ class FeedProcess:
             # Before the process's first socket: the context starts its threads then.
             start_io_threads_as_batch(zmq.Context.instance())
         self.publisher = Publisher(s.pub_endpoint(), sndhwm=s.zmq.sndhwm, curve=curve)
+        self._fit_io_threads()
         self.trades = TradeSequencer(
             publish_trade_to(self.publisher),
             self.publisher.publish_sys,
@@ -345,6 +352,8 @@ class FeedProcess:
                 if writer is not None and not writer.closed:
                     writer.heartbeat()
             self._bad_frames.flush_due()
+            # The process may have been confined to one core since the last tick.
+            self._fit_io_threads()
             if ticks % PROCESS_CHECK_EVERY == 0:
                 process_warnings = process_health(self.settings.health.memory_usage_mb).get(
                     "warnings", []
@@ -356,6 +365,10 @@ class FeedProcess:
                     now_active[(name, warning.split(" ", 1)[0])] = warning
             self._report_warnings(active, now_active)
             active = now_active
+
+    def _fit_io_threads(self) -> None:
+        if self.settings.zmq.io_thread_sched_batch:
+            self.io_thread_policy = fit_io_threads_to_cpus()
 
     def _report_warnings(
         self, before: dict[tuple[str, str], str], now: dict[tuple[str, str], str]
@@ -425,6 +438,8 @@ class FeedProcess:
             "rate_limiter": self.limiter.status(),
             "workers": self.workers.totals() if self.workers else {},
             "gc": self.gc_pauses.snapshot(),
+            # ZeroMQ's I/O threads: "batch", "idle" (confined to one core) or None.
+            "zmq_io_thread_policy": self.io_thread_policy,
         }
 
     def status(self) -> dict[str, Any]:

@@ -254,8 +254,8 @@ class ZmqSettings(_Section):
     control_endpoint: str | None = None
     runtime_dir: str | None = None
     sndhwm: int = Field(default=100_000, ge=1)
-    # ZeroMQ's I/O thread as SCHED_BATCH: it never preempts a connection thread (see
-    # feedhandler.publisher.start_io_threads_as_batch).
+    # ZeroMQ's I/O thread as SCHED_BATCH (SCHED_IDLE while confined to one core): it
+    # never preempts a connection thread (see feedhandler.publisher).
     io_thread_sched_batch: bool = True
     curve_server_secret_key_file: str | None = None
     curve_public_key_file: str | None = None

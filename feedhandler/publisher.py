@@ -21,6 +21,7 @@ keys, otherwise :class:`BusConfigError`.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -352,6 +353,53 @@ def start_io_threads_as_batch(context: zmq.Context) -> bool:
         return False
     context.set(zmq.THREAD_SCHED_POLICY, policy)
     return True
+
+
+def io_thread_ids(pid: int | None = None) -> list[int]:
+    """Thread ids of a process's ZeroMQ I/O threads (they name themselves ``ZMQbg/IO/n``);
+    [] where /proc does not exist."""
+    tasks = Path(f"/proc/{pid or os.getpid()}/task")
+    ids = []
+    with contextlib.suppress(FileNotFoundError):
+        for task in tasks.iterdir():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                if (task / "comm").read_text().startswith("ZMQbg/IO"):
+                    ids.append(int(task.name))
+    return sorted(ids)
+
+
+def fit_io_threads_to_cpus() -> str | None:
+    """Give each of this process's SCHED_BATCH or SCHED_IDLE ZeroMQ I/O threads the
+    policy that fits where it may run; the name of the policy in force, or None.
+
+    Allowed on one CPU only (the feed confined to a core), an I/O thread runs as
+    SCHED_IDLE: it then runs only when the connection thread on that core waits or
+    yields. As SCHED_BATCH there, once the subscribers kept up it woke for every few
+    messages and took the core from the connection thread each time, about 24,000
+    times a second, and the feed's throughput fell by a third; it did so in about a
+    third of the benchmark's one-core runs. Allowed on more CPUs, it stays (or goes
+    back to) SCHED_BATCH: as SCHED_IDLE on cores busy with other work, it could wait
+    indefinitely. A thread started with the default policy is left alone.
+    """
+    batch, idle = getattr(os, "SCHED_BATCH", None), getattr(os, "SCHED_IDLE", None)
+    if batch is None or idle is None:
+        return None
+    in_force = None
+    for tid in io_thread_ids():
+        try:
+            policy = os.sched_getscheduler(tid)
+            if policy not in (batch, idle):
+                continue
+            wanted = idle if len(os.sched_getaffinity(tid)) == 1 else batch
+            if policy != wanted:
+                with contextlib.suppress(PermissionError):
+                    # Leaving SCHED_IDLE needs RLIMIT_NICE (or root): then it stays.
+                    os.sched_setscheduler(tid, wanted, os.sched_param(0))
+                policy = os.sched_getscheduler(tid)
+        except ProcessLookupError:
+            continue  # a thread of a context that just ended
+        in_force = "idle" if policy == idle else "batch"
+    return in_force
 
 
 # Frames held between hold() and release() before they are sent anyway.

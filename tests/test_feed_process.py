@@ -187,6 +187,38 @@ def test_busy_poll_keeps_the_connection_on_the_cpu_and_still_stops_in_time(feed_
     assert took < 2.0, took
 
 
+def test_a_feed_confined_to_one_core_runs_its_zmq_io_thread_as_sched_idle(feed_harness):
+    with Simulator(markets=2, rate=20.0) as sim:
+        harness = feed_harness(sim, {"subscriptions": [{"type": "ticker", "codes": "all"}]})
+        proc = start_feed(harness, {})
+        try:
+            wait_until((SHM_DIR / f"{harness.prefix}.ticker").exists, 15)
+            endpoint = harness.settings().control_endpoint()
+
+            def io_policy() -> str | None:
+                with ControlClient(endpoint, timeout=5.0) as client:
+                    return client.call("metrics")["zmq_io_thread_policy"]
+
+            # Checked at start and on every housekeeping tick (0.5 s).
+            wide = "batch" if len(os.sched_getaffinity(0)) > 1 else "idle"
+            wait_until(lambda: io_policy() == wide, 3)
+            # As taskset -a -p -c N does: every thread of the feed on one CPU.
+            cpu = max(os.sched_getaffinity(0))
+            for task in Path(f"/proc/{proc.pid}/task").iterdir():
+                os.sched_setaffinity(int(task.name), {cpu})
+            (tid,) = [
+                int(t.name)
+                for t in Path(f"/proc/{proc.pid}/task").iterdir()
+                if (t / "comm").read_text().startswith("ZMQbg/IO")
+            ]
+            wait_until(lambda: os.sched_getscheduler(tid) == os.SCHED_IDLE, 3)
+            assert io_policy() == "idle"
+        finally:
+            code, out, took = stop_feed(proc)
+    assert code == 0, out.decode(errors="replace")[-2000:]
+    assert took < 2.0, took
+
+
 def test_private_types_without_keys_exit_2_with_one_clear_line(tmp_path: Path):
     config = tmp_path / "private.yaml"
     config.write_text("subscriptions:\n  - type: myAsset\n")

@@ -1,4 +1,5 @@
 import os
+import resource
 import shutil
 import socket
 import stat
@@ -21,6 +22,8 @@ from feedhandler.publisher import (
     check_endpoint,
     encode_frame,
     ensure_runtime_dir,
+    fit_io_threads_to_cpus,
+    io_thread_ids,
     load_public_key,
     start_io_threads_as_batch,
     subscription_prefix,
@@ -463,6 +466,34 @@ def test_io_threads_start_as_sched_batch_when_asked():
         other = _new_io_threads({**before, **batch})
         assert list(batch.values()) == [os.SCHED_BATCH]
         assert list(other.values()) == [os.SCHED_OTHER]
+    finally:
+        asked.destroy(linger=0)
+        plain.destroy(linger=0)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policy")
+def test_io_threads_run_as_sched_idle_only_while_confined_to_one_cpu():
+    cpus = sorted(os.sched_getaffinity(0))
+    before = set(io_thread_ids())
+    asked, plain = zmq.Context(), zmq.Context()
+    try:
+        start_io_threads_as_batch(asked)
+        asked.socket(zmq.PUB)
+        (tid,) = _new_io_threads(dict.fromkeys(before, 0))
+        plain.socket(zmq.PUB)
+        (plain_tid,) = _new_io_threads(dict.fromkeys([*before, tid], 0))
+        assert fit_io_threads_to_cpus() == ("batch" if len(cpus) > 1 else "idle")
+        os.sched_setaffinity(tid, {cpus[-1]})
+        os.sched_setaffinity(plain_tid, {cpus[-1]})
+        assert fit_io_threads_to_cpus() == "idle"
+        assert os.sched_getscheduler(tid) == os.SCHED_IDLE
+        assert os.sched_getscheduler(plain_tid) == os.SCHED_OTHER  # not asked: left alone
+        if len(cpus) > 1:
+            os.sched_setaffinity(tid, set(cpus))
+            may_leave_idle = os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+            expected = os.SCHED_BATCH if may_leave_idle else os.SCHED_IDLE
+            assert fit_io_threads_to_cpus() == ("batch" if may_leave_idle else "idle")
+            assert os.sched_getscheduler(tid) == expected
     finally:
         asked.destroy(linger=0)
         plain.destroy(linger=0)
