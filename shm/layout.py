@@ -29,6 +29,8 @@ they are stored as received, so a side whose price is 0 is empty). Levels beyond
 from __future__ import annotations
 
 import ast
+import functools
+import gc
 import struct
 from dataclasses import dataclass
 from typing import Final
@@ -255,9 +257,17 @@ def dtype_descr_text(dtype: np.dtype) -> bytes:
     return repr(spec).encode("ascii")
 
 
+@functools.lru_cache(maxsize=64)
 def dtype_from_descr_text(text: bytes) -> np.dtype:
     """The dtype back from :func:`dtype_descr_text`; ValueError if the text is damaged."""
+    collecting = gc.isenabled()
+    # CPython 3.11's AST builder fails ("recursion depth mismatch") when a collection
+    # inside it runs a finalizer that executes Python code: no collection meanwhile.
+    gc.disable()
     try:
         return np.dtype(ast.literal_eval(text.decode("ascii")))
     except (SyntaxError, TypeError, ValueError, MemoryError, RecursionError) as exc:
         raise ValueError(f"unreadable record dtype description: {exc}") from exc
+    finally:
+        if collecting:
+            gc.enable()

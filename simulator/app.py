@@ -21,6 +21,19 @@ START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 
 
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Close ``loop`` as ``asyncio.run`` does: cancel what is still pending (handshakes
+    the stop cut short) and let it finish first. A task destroyed while pending runs its
+    clean-up later, inside whatever code the garbage collector interrupts."""
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.wait(pending, timeout=1.0))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+
+
 class Simulator:
     """The exchange on its own asyncio loop in a daemon thread; a context manager.
 
@@ -89,7 +102,7 @@ class Simulator:
             self._ready.set()
             raise
         finally:
-            loop.close()
+            _close_loop(loop)
 
     async def _main(self) -> None:
         self._stopped = asyncio.Event()

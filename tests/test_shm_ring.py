@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import stat
@@ -479,3 +480,21 @@ def test_describe_reports_the_header(prefix: str) -> None:
         closed = shm.describe(prefix, "orderbook")
         assert closed is not None and closed["state"] == "closed"
     os.unlink(shm.segment_path(f"{prefix}.orderbook"))
+
+
+def test_reading_the_dtype_description_leaves_the_collector_as_it_was() -> None:
+    # No collection may run while the description is parsed (a CPython 3.11 AST bug),
+    # and the collector's state is restored afterwards, errors included.
+    text = L.dtype_descr_text(L.ORDERBOOK_DTYPE)
+    for enabled in (True, False):
+        (gc.enable if enabled else gc.disable)()
+        try:
+            L.dtype_from_descr_text.cache_clear()
+            assert L.dtype_from_descr_text(text) == L.ORDERBOOK_DTYPE
+            assert gc.isenabled() is enabled
+            with pytest.raises(ValueError, match="unreadable"):
+                L.dtype_from_descr_text(text[:-5])
+            assert gc.isenabled() is enabled
+        finally:
+            gc.enable()
+    assert L.dtype_from_descr_text(text) is L.dtype_from_descr_text(text)  # parsed once

@@ -1,5 +1,6 @@
 """WebSocket conformance of the simulator against SPEC.md, with a plain websocket-client client."""
 
+import asyncio
 import base64
 import json
 import os
@@ -420,3 +421,16 @@ def test_permessage_deflate_when_the_client_offers_it(sim):
     records = sim.control.journal(sids=False)["connections"]
     assert any(r["compression"] for r in records)
     assert not all(r["compression"] for r in records)
+
+
+def test_stopping_mid_handshake_leaves_no_task_pending():
+    # A task destroyed pending runs its clean-up later, inside other code's collection.
+    with Simulator(markets=2, rate=0) as sim:
+        parts = urlsplit(sim.urls["public_url"])
+        raw = socket.create_connection((parts.hostname, parts.port), timeout=5)
+        raw.sendall(b"GET /websocket/v1 HTTP/1.1\r\nHost: x\r\n")  # headers never end
+        time.sleep(0.2)
+    raw.close()
+    loop = sim._loop
+    assert loop is not None and loop.is_closed()
+    assert asyncio.all_tasks(loop) == set()
