@@ -59,6 +59,10 @@ static const char *orderbook_names[OB_FIELDS] = {
 /* shm.layout.LEVEL_FIELDS, in order */
 static const char *unit_names[UNIT_FIELDS] = {"ask_price", "bid_price", "ask_size", "bid_size"};
 
+/* The ticker's enum fields, in the order of set_enum_maps and of the record's codes. */
+static const int ticker_enum_fields[6] = {TK_CHANGE,         TK_ASK_BID,   TK_MARKET_STATE,
+                                          TK_MARKET_WARNING, TK_SUSPENDED, TK_STREAM_TYPE};
+
 _Static_assert(TK_FIELDS <= MAX_SLOT_FIELDS, "too many ticker fields for _slots.h");
 _Static_assert(TK_FIELDS + 9 <= 64, "ticker JSON keys must fit a 64-bit set");
 static SlotCache ticker_cache = {.names = ticker_names, .n = TK_FIELDS};
@@ -223,19 +227,41 @@ typedef struct {
 /* change, ask_bid, market_state, market_warning, trading_suspended, stream_type */
 static PyObject *enum_maps[6];
 
-/* (segment, slot, latest_word, index_word, feed_seq, recv_ns, symbol, msg) */
+/* What every store checks first: its argument count, the enum maps, the segment. */
 static int
-parse_store_args(PyObject *const *args, Py_ssize_t nargs, size_t record_size, StoreArgs *out)
+store_args_start(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expected, Segment *seg)
 {
-    if (nargs != 8) {
-        PyErr_Format(PyExc_TypeError, "expected 8 arguments, got %zd", nargs);
+    if (nargs != expected) {
+        PyErr_Format(PyExc_TypeError, "expected %zd arguments, got %zd", expected, nargs);
         return 0;
     }
     if (enum_maps[0] == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "set_enum_maps() was not called");
         return 0;
     }
-    if (!segment_of(args[0], &out->seg)) {
+    return segment_of(args[0], seg);
+}
+
+/* The record's symbol and words are in range, and its ring slot, latest slot, index
+ * word and the head all lie in the segment. */
+static int
+target_in_segment(const StoreArgs *a, Py_ssize_t record_size)
+{
+    if (a->symbol > UINT32_MAX || a->latest_word > PY_SSIZE_T_MAX / 8 ||
+        a->index_word > PY_SSIZE_T_MAX / 8) {
+        PyErr_SetString(PyExc_ValueError, "symbol (a uint32) or word index out of range");
+        return 0;
+    }
+    return in_segment(&a->seg, a->slot, record_size) &&
+           in_segment(&a->seg, a->latest_word * 8, record_size) &&
+           in_segment(&a->seg, a->index_word * 8, 8) && in_segment(&a->seg, HEAD_WORD * 8, 8);
+}
+
+/* (segment, slot, latest_word, index_word, feed_seq, recv_ns, symbol, msg) */
+static int
+parse_store_args(PyObject *const *args, Py_ssize_t nargs, size_t record_size, StoreArgs *out)
+{
+    if (!store_args_start(args, nargs, 8, &out->seg)) {
         return 0;
     }
     out->slot = PyLong_AsSsize_t(args[1]);
@@ -247,18 +273,11 @@ parse_store_args(PyObject *const *args, Py_ssize_t nargs, size_t record_size, St
     if (PyErr_Occurred()) {
         return 0;
     }
-    if (out->feed_seq == 0 || out->symbol > UINT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "feed_seq must be >= 1 and symbol a uint32");
+    if (out->feed_seq == 0) {
+        PyErr_SetString(PyExc_ValueError, "feed_seq must be >= 1");
         return 0;
     }
-    if (out->latest_word > PY_SSIZE_T_MAX / 8 || out->index_word > PY_SSIZE_T_MAX / 8) {
-        PyErr_SetString(PyExc_ValueError, "word index out of range");
-        return 0;
-    }
-    if (!in_segment(&out->seg, out->slot, (Py_ssize_t)record_size) ||
-        !in_segment(&out->seg, out->latest_word * 8, (Py_ssize_t)record_size) ||
-        !in_segment(&out->seg, out->index_word * 8, 8) ||
-        !in_segment(&out->seg, HEAD_WORD * 8, 8)) {
+    if (!target_in_segment(out, (Py_ssize_t)record_size)) {
         return 0;
     }
     out->msg = args[7];
@@ -327,11 +346,9 @@ store_ticker(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         !as_int64(values[TK_TRADE_TIMESTAMP], &trade_timestamp)) {
         Py_RETURN_FALSE;
     }
-    static const int enum_fields[6] = {TK_CHANGE, TK_ASK_BID, TK_MARKET_STATE,
-                                       TK_MARKET_WARNING, TK_SUSPENDED, TK_STREAM_TYPE};
     long codes[6];
     for (int e = 0; e < 6; e++) {
-        if (!as_code(enum_maps[e], values[enum_fields[e]], &codes[e])) {
+        if (!as_code(enum_maps[e], values[ticker_enum_fields[e]], &codes[e])) {
             Py_RETURN_FALSE;
         }
     }
@@ -974,15 +991,7 @@ json_target(const char *text, Py_ssize_t n, PyObject *targets, StoreArgs *a)
     a->symbol = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(target, 0));
     a->latest_word = PyLong_AsSsize_t(PyTuple_GET_ITEM(target, 1));
     a->index_word = PyLong_AsSsize_t(PyTuple_GET_ITEM(target, 3));
-    if (PyErr_Occurred()) {
-        return -1;
-    }
-    if (a->symbol > UINT32_MAX || a->latest_word > PY_SSIZE_T_MAX / 8 ||
-        a->index_word > PY_SSIZE_T_MAX / 8) {
-        PyErr_SetString(PyExc_ValueError, "target out of range");
-        return -1;
-    }
-    return 1;
+    return PyErr_Occurred() ? -1 : 1;
 }
 
 /* The arguments every JSON store takes: (segment, slot, feed_seq, recv_ns, targets,
@@ -990,15 +999,7 @@ json_target(const char *text, Py_ssize_t n, PyObject *targets, StoreArgs *a)
 static int
 parse_json_store_args(PyObject *const *args, Py_ssize_t nargs, StoreArgs *a, Py_buffer *payload)
 {
-    if (nargs != 6) {
-        PyErr_Format(PyExc_TypeError, "expected 6 arguments, got %zd", nargs);
-        return 0;
-    }
-    if (enum_maps[0] == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "set_enum_maps() was not called");
-        return 0;
-    }
-    if (!segment_of(args[0], &a->seg)) {
+    if (!store_args_start(args, nargs, 6, &a->seg)) {
         return 0;
     }
     a->slot = PyLong_AsSsize_t(args[1]);
@@ -1016,13 +1017,6 @@ parse_json_store_args(PyObject *const *args, Py_ssize_t nargs, StoreArgs *a, Py_
         return 0;
     }
     return PyObject_GetBuffer(args[5], payload, PyBUF_SIMPLE) == 0;
-}
-
-static int
-record_in_segment(const StoreArgs *a, Py_ssize_t size)
-{
-    return in_segment(&a->seg, a->slot, size) && in_segment(&a->seg, a->latest_word * 8, size) &&
-           in_segment(&a->seg, a->index_word * 8, 8) && in_segment(&a->seg, HEAD_WORD * 8, 8);
 }
 
 /* The stream type's code: of its name, or of None (null or absent). */
@@ -1061,7 +1055,7 @@ store_orderbook_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (target == 0) {
         Py_RETURN_FALSE;
     }
-    if (!record_in_segment(&a, ORDERBOOK_RECORD_SIZE)) {
+    if (!target_in_segment(&a, ORDERBOOK_RECORD_SIZE)) {
         return NULL;
     }
     uint8_t rec[ORDERBOOK_RECORD_SIZE];
@@ -1097,6 +1091,9 @@ static const char *ticker_other_strings[7] = {
  * the next key is found at the first comparison. */
 static int ticker_key_successor[TJ_KEYS + 1];
 
+/* Per ticker field: its index in ticker_enum_fields, or -1 (set when loaded). */
+static int ticker_enum_of_field[TK_FIELDS];
+
 static void
 init_ticker_json_keys(void)
 {
@@ -1111,6 +1108,12 @@ init_ticker_json_keys(void)
     for (int k = 0; k < TJ_KEYS; k++) {
         ticker_json_key_lengths[k] = strlen(ticker_json_keys[k]);
     }
+    for (int k = 0; k < TK_FIELDS; k++) {
+        ticker_enum_of_field[k] = -1;
+    }
+    for (int e = 0; e < 6; e++) {
+        ticker_enum_of_field[ticker_enum_fields[e]] = e;
+    }
 }
 
 typedef struct {
@@ -1121,11 +1124,6 @@ typedef struct {
     double floats[TICKER_FLOATS];
 } JsonTicker;
 
-/* change, ask_bid, market_state, market_warning, -, stream_type: their enum table */
-static const int ticker_enum_of_field[TK_FIELDS] = {
-    [TK_CHANGE] = 0 + 1, [TK_ASK_BID] = 1 + 1, [TK_MARKET_STATE] = 2 + 1,
-    [TK_MARKET_WARNING] = 3 + 1, [TK_STREAM_TYPE] = 5 + 1,
-};
 
 static int
 json_ticker(Json *j, JsonTicker *t)
@@ -1186,9 +1184,10 @@ json_ticker(Json *j, JsonTicker *t)
             }
         }
         else if (field < TK_FIELDS) { /* an enum string */
-            int e = ticker_enum_of_field[field] - 1;
-            ok = take_literal(j, "null", 4) ||
-                 (plain_string(j, &text, &n) && enum_code(&enum_tables[e], text, n, &t->codes[e]));
+            int e = ticker_enum_of_field[field];
+            ok = e >= 0 && (take_literal(j, "null", 4) ||
+                            (plain_string(j, &text, &n) &&
+                             enum_code(&enum_tables[e], text, n, &t->codes[e])));
         }
         else if (field == TJ_TYPE) {
             ok = plain_string(j, &text, &n) && n == 6 && memcmp(text, "ticker", 6) == 0;
@@ -1231,7 +1230,7 @@ store_ticker_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (target == 0) {
         Py_RETURN_FALSE;
     }
-    if (!record_in_segment(&a, TICKER_RECORD_SIZE)) {
+    if (!target_in_segment(&a, TICKER_RECORD_SIZE)) {
         return NULL;
     }
     uint8_t rec[TICKER_RECORD_SIZE];
