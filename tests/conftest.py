@@ -17,6 +17,7 @@ import yaml
 from bench.soak import BusRecorder
 from feedhandler.app import FeedProcess
 from feedhandler.config import Settings, load_settings
+from tests import shm_helpers as H
 
 SHM_DIR = Path("/dev/shm")
 # Segments this test session creates carry its pid, so concurrent sessions never judge
@@ -105,6 +106,14 @@ def collectors() -> Iterator[Callable[..., BusRecorder]]:
     yield make
     for collector in made:
         collector.close()
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A fresh shm prefix; the test must leave none of its segments behind."""
+    name = H.unique_prefix()
+    yield name
+    assert H.remove_segments(name) == [], "a test left shm segments behind"
 
 
 @pytest.fixture(scope="session", autouse=True)

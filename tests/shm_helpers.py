@@ -164,6 +164,17 @@ def bad_orderbooks(records: np.ndarray) -> int:
     return bad
 
 
+def assert_same_records(readers: list[Any], codes: list[str]) -> list[Any]:
+    """Two readers of twin segments see the same ring (records, cursor, losses) and the
+    same latest records; returns each reader's ``since(0)``."""
+    found = [r.since(0) for r in readers]
+    assert found[0][0].tobytes() == found[1][0].tobytes()
+    assert found[0][1:] == found[1][1:]
+    latest = [r.latest_many(dict.fromkeys(codes)) for r in readers]
+    assert latest[0].tobytes() == latest[1].tobytes()
+    return found
+
+
 def unique_prefix() -> str:
     return f"upfeed-test-{uuid.uuid4().hex[:12]}"
 

@@ -37,13 +37,6 @@ CODES = [*(m.code for m in MARKETS), "KRW-BTC"]
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    name = H.unique_prefix()
-    yield name
-    assert H.remove_segments(name) == [], "a test left shm segments behind"
-
-
 class Pair:
     """The JSON path (with its fallback) and the decode-and-store path, side by side."""
 
@@ -83,11 +76,7 @@ class Pair:
     def assert_identical(self) -> None:
         fast, slow = self.readers
         assert self.fast.head == self.slow.head == fast.head == slow.head
-        found = [r.since(0) for r in self.readers]
-        assert found[0][0].tobytes() == found[1][0].tobytes()
-        assert found[0][1:] == found[1][1:]
-        latest = [r.latest_many(dict.fromkeys(CODES)) for r in self.readers]
-        assert latest[0].tobytes() == latest[1].tobytes()
+        H.assert_same_records(self.readers, CODES)
 
     def close(self) -> None:
         for reader in self.readers:

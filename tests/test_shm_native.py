@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,13 +27,6 @@ SAMPLES = Path(__file__).resolve().parents[1].parent / "shared/upbit/samples"
 MARKETS = market_list(6)
 CODES = [*(m.code for m in MARKETS), "KRW-BTC", "KRW-ETH", "KRW-LAMB"]
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    name = H.unique_prefix()
-    yield name
-    assert H.remove_segments(name) == [], "a test left shm segments behind"
 
 
 def test_the_c_stores_are_built_and_in_use() -> None:
@@ -76,14 +68,9 @@ class Twins:
     def assert_identical(self, head: int) -> None:
         fast, slow = self.readers
         assert self.fast.head == self.slow.head == fast.head == slow.head == head
-        found = [r.since(0) for r in self.readers]
-        assert [len(f[0]) for f in found] == [len(f[0]) for f in reversed(found)]
+        found = H.assert_same_records(self.readers, CODES)
         # Everything since the start is still in the ring (a failed write abandons a slot).
         assert len(found[0][0]) + found[0][2] >= min(head, self.fast.capacity)
-        assert found[0][0].tobytes() == found[1][0].tobytes()
-        assert found[0][1:] == found[1][1:]
-        latest = [r.latest_many(dict.fromkeys(CODES)) for r in self.readers]
-        assert latest[0].tobytes() == latest[1].tobytes()
 
     def close(self) -> None:
         for reader in self.readers:

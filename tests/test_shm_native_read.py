@@ -8,7 +8,6 @@ caught mid-write or already rewritten.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,13 +18,6 @@ from tests import shm_helpers as H
 
 CODES = ["KRW-BTC", "KRW-ETH", "KRW-XRP"]
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    name = H.unique_prefix()
-    yield name
-    assert H.remove_segments(name) == [], "a test left shm segments behind"
 
 
 def test_the_c_copy_is_built_and_in_use() -> None:

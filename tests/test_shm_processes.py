@@ -6,7 +6,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -15,13 +15,6 @@ from tests import shm_helpers as H
 
 CODES = ["KRW-BTC", "KRW-ETH", "KRW-XRP", "BTC-ETH", "USDT-BTC"]
 SPAWN = multiprocessing.get_context("spawn")
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    name = H.unique_prefix()
-    yield name
-    assert H.remove_segments(name) == [], "a test left shm segments behind"
 
 
 def _wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

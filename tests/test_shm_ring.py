@@ -6,7 +6,6 @@ import gc
 import math
 import os
 import stat
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -17,13 +16,6 @@ from shm import native as shm_native
 from tests import shm_helpers as H
 
 CODES = ["KRW-BTC", "KRW-ETH", "BTC-XRP"]
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    name = H.unique_prefix()
-    yield name
-    assert H.remove_segments(name) == [], "a test left shm segments behind"
 
 
 @pytest.fixture(params=[True, False], ids=["c_copy", "python_copy"])
