@@ -18,7 +18,7 @@ setup(
             name,
             [source],
             include_dirs=["shm"],
-            depends=["shm/_slots.h"],
+            depends=["shm/_slots.h", "shm/_notify.h"],
             optional=True,
             extra_compile_args=FLAGS,
         )

@@ -13,6 +13,7 @@ Any process reads::
     rec = reader.latest("KRW-BTC")                 # np.void of reader.dtype, or None
     rec["trade_price"], rec["recv_ns"]
     records, cursor, overrun = reader.since(cursor)
+    head = reader.wait_for_head(cursor, timeout=1.0)   # sleeps until the next record
 
 Layout and enum maps: :mod:`shm.layout`.
 """
@@ -40,7 +41,7 @@ from shm.layout import (
     TICKER_DTYPE,
     TRADING_SUSPENDED,
 )
-from shm.reader import SnapshotReader, attach
+from shm.reader import SnapshotReader, attach, wait_for_heads
 from shm.segment import SHM_DIR, describe, segment_name, segment_path
 from shm.writer import OrderbookWriter, SnapshotWriter, TickerWriter, create_writer
 
@@ -74,4 +75,5 @@ __all__ = [
     "describe",
     "segment_name",
     "segment_path",
+    "wait_for_heads",
 ]

@@ -8,11 +8,18 @@
  * replaced by a newer one is left out. The caller counts what was left out from the
  * length. The same loop in Python costs about a microsecond per record of interpreter
  * work, which a strategy polling for the next record pays on every update.
+ *
+ * wait_heads(headers, cursors, timeout, spin) sleeps until one of the segments' heads
+ * differs from its cursor or the segment stops being live (see _notify.h), without
+ * holding the GIL: a strategy waits for the next record without keeping a core busy.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include "_notify.h"
 
 static PyObject *
 copy_ring(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -80,10 +87,214 @@ copy_ring(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+/* ----------------------------------------------------------------------- waiting */
+
+#define STATE_LIVE 1
+#define MAX_WAIT_SEGMENTS 16
+#define WAIT_UNSUPPORTED (-2)
+#define WAIT_TIMED_OUT (-1)
+/* struct futex_waitv and FUTEX2_SIZE_U32 of linux/futex.h, which older headers lack. */
+typedef struct {
+    uint64_t val;
+    uint64_t uaddr;
+    uint32_t flags;
+    uint32_t reserved;
+} WaitEntry;
+#define WAIT_SIZE_U32 0x02
+#ifndef __NR_futex_waitv
+#define __NR_futex_waitv 449
+#endif
+
+static inline void
+cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* The first segment whose head is not its cursor or whose state left live; -1 if none. */
+static int
+first_changed(uint8_t *const *bases, const uint64_t *cursors, int n)
+{
+    for (int i = 0; i < n; i++) {
+        const uint64_t *words = (const uint64_t *)bases[i];
+        if (__atomic_load_n(words + HEAD_WORD, __ATOMIC_SEQ_CST) != cursors[i] ||
+            __atomic_load_n(words + STATE_WORD, __ATOMIC_ACQUIRE) != STATE_LIVE) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* One sleep on the heads until deadline_ns; 0 or the errno of the futex call. */
+static int
+sleep_on_heads(uint8_t *const *bases, const uint64_t *cursors, int n, int64_t deadline_ns)
+{
+    long rc;
+    if (n == 1) {
+        int64_t left = deadline_ns - monotonic_ns();
+        if (left <= 0) {
+            return ETIMEDOUT;
+        }
+        struct timespec relative = {left / 1000000000, left % 1000000000};
+        rc = syscall(SYS_futex, head_futex(bases[0]), FUTEX_WAIT, (uint32_t)cursors[0],
+                     &relative, NULL, 0);
+    }
+    else {
+        WaitEntry entries[MAX_WAIT_SEGMENTS];
+        for (int i = 0; i < n; i++) {
+            entries[i].val = (uint32_t)cursors[i];
+            entries[i].uaddr = (uint64_t)(uintptr_t)head_futex(bases[i]);
+            entries[i].flags = WAIT_SIZE_U32; /* not private: the word is shared memory */
+            entries[i].reserved = 0;
+        }
+        struct timespec absolute = {deadline_ns / 1000000000, deadline_ns % 1000000000};
+        rc = syscall(__NR_futex_waitv, entries, (unsigned)n, 0u, &absolute, CLOCK_MONOTONIC);
+    }
+    return rc < 0 ? errno : 0;
+}
+
+/* Runs with the GIL released: the index of the first segment that changed,
+ * WAIT_TIMED_OUT, or WAIT_UNSUPPORTED (no futex_waitv in this kernel). A signal (EINTR)
+ * or a failing futex call returns early with its errno in *error. */
+static int
+wait_loop(uint8_t *const *bases, const uint64_t *cursors, int n, int64_t deadline_ns,
+          int64_t spin_end_ns, int *error)
+{
+    int changed;
+    while ((changed = first_changed(bases, cursors, n)) < 0 && monotonic_ns() < spin_end_ns) {
+        cpu_relax();
+    }
+    while (changed < 0) {
+        for (int i = 0; i < n; i++) {
+            count_sleeper(bases[i]);
+        }
+        changed = first_changed(bases, cursors, n);
+        int err = changed < 0 ? sleep_on_heads(bases, cursors, n, deadline_ns) : 0;
+        for (int i = 0; i < n; i++) {
+            __atomic_fetch_sub((uint64_t *)bases[i] + WAITERS_WORD, 1, __ATOMIC_SEQ_CST);
+        }
+        if (changed >= 0) {
+            break;
+        }
+        if (err == ENOSYS) {
+            return WAIT_UNSUPPORTED;
+        }
+        if (err == EINTR) {
+            *error = EINTR;
+            return WAIT_TIMED_OUT;
+        }
+        if (err != 0 && err != EAGAIN && err != ETIMEDOUT) {
+            *error = err;
+            return WAIT_TIMED_OUT;
+        }
+        changed = first_changed(bases, cursors, n);
+        if (changed < 0 && monotonic_ns() >= deadline_ns) {
+            return WAIT_TIMED_OUT;
+        }
+    }
+    return changed;
+}
+
+static PyObject *
+wait_heads(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "wait_heads takes 4 arguments, got %zd", nargs);
+        return NULL;
+    }
+    double timeout = PyFloat_AsDouble(args[2]);
+    double spin = PyFloat_AsDouble(args[3]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!(timeout >= 0.0) || !(spin >= 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "wait_heads: timeout and spin must be >= 0");
+        return NULL;
+    }
+    PyObject *headers = PySequence_Fast(args[0], "wait_heads: headers must be a sequence");
+    if (headers == NULL) {
+        return NULL;
+    }
+    PyObject *cursor_seq = PySequence_Fast(args[1], "wait_heads: cursors must be a sequence");
+    if (cursor_seq == NULL) {
+        Py_DECREF(headers);
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(headers);
+    PyObject *result = NULL;
+    Py_buffer views[MAX_WAIT_SEGMENTS];
+    uint8_t *bases[MAX_WAIT_SEGMENTS];
+    uint64_t cursors[MAX_WAIT_SEGMENTS];
+    int held = 0;
+    if (n < 1 || n > MAX_WAIT_SEGMENTS || PySequence_Fast_GET_SIZE(cursor_seq) != n) {
+        PyErr_Format(PyExc_ValueError,
+                     "wait_heads: 1 to %d headers and as many cursors, got %zd and %zd",
+                     MAX_WAIT_SEGMENTS, n, PySequence_Fast_GET_SIZE(cursor_seq));
+        goto done;
+    }
+    for (; held < n; held++) {
+        cursors[held] = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(cursor_seq, held));
+        if (PyErr_Occurred()) {
+            goto done;
+        }
+        PyObject *header = PySequence_Fast_GET_ITEM(headers, held);
+        if (PyObject_GetBuffer(header, &views[held], PyBUF_WRITABLE) < 0) {
+            goto done;
+        }
+        if (views[held].len < NOTIFY_HEADER_SIZE || (uintptr_t)views[held].buf % 8) {
+            PyBuffer_Release(&views[held]);
+            PyErr_Format(PyExc_ValueError,
+                         "wait_heads: a header must be %d aligned bytes, got %zd",
+                         NOTIFY_HEADER_SIZE, views[held].len);
+            goto done;
+        }
+        bases[held] = views[held].buf;
+    }
+    int64_t start = monotonic_ns();
+    int64_t deadline = start + (int64_t)(fmin(timeout, 1e9) * 1e9);
+    int64_t spin_end = start + (int64_t)(fmin(spin, timeout) * 1e9);
+    int changed, error;
+    for (;;) {
+        error = 0;
+        Py_BEGIN_ALLOW_THREADS
+        changed = wait_loop(bases, cursors, (int)n, deadline, spin_end, &error);
+        Py_END_ALLOW_THREADS
+        if (error != EINTR) {
+            break;
+        }
+        /* A signal: run its Python handler now, which may raise (KeyboardInterrupt). */
+        if (PyErr_CheckSignals() < 0) {
+            goto done;
+        }
+    }
+    if (error != 0) {
+        errno = error;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    result = PyLong_FromLong(changed);
+done:
+    for (int i = 0; i < held; i++) {
+        PyBuffer_Release(&views[i]);
+    }
+    Py_DECREF(cursor_seq);
+    Py_DECREF(headers);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"copy_ring", (PyCFunction)(void (*)(void))copy_ring, METH_FASTCALL,
      "copy_ring(buffer, ring_off, record_size, capacity, first, last) -> bytearray of "
      "the records of feed_seq first..last that were complete and unchanged while copied"},
+    {"wait_heads", (PyCFunction)(void (*)(void))wait_heads, METH_FASTCALL,
+     "wait_heads(headers, cursors, timeout, spin) -> int: sleep (spinning first for spin "
+     "seconds) until a segment's head differs from its cursor or its state is no longer "
+     "live; the index of that segment, -1 on timeout, -2 if this kernel cannot wait on "
+     "several segments at once. headers are writable mappings of the segments' headers."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -94,5 +305,16 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__fastread(void)
 {
-    return PyModule_Create(&module_def);
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(module, "HEAD_WORD", HEAD_WORD) < 0 ||
+        PyModule_AddIntConstant(module, "STATE_WORD", STATE_WORD) < 0 ||
+        PyModule_AddIntConstant(module, "WAITERS_WORD", WAITERS_WORD) < 0 ||
+        PyModule_AddIntConstant(module, "MAX_WAIT_SEGMENTS", MAX_WAIT_SEGMENTS) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -15,6 +15,7 @@
  * shm/native.py checks the constants below against it before using this module.
  */
 #include "_slots.h"
+#include "_notify.h"
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -26,7 +27,6 @@
 #define TICKER_RECORD_SIZE (64 + 8 * TICKER_FLOATS)
 #define ORDERBOOK_LEVELS_OFF 72
 #define ORDERBOOK_RECORD_SIZE (ORDERBOOK_LEVELS_OFF + 32 * MAX_LEVELS)
-#define HEAD_WORD 9
 
 /* ------------------------------------------------------------------ field offsets */
 
@@ -212,7 +212,7 @@ publish(const Segment *seg, Py_ssize_t slot, Py_ssize_t latest_word, Py_ssize_t 
     store_seqlocked(seg->base + slot, payload, size, odd);
     store_seqlocked(seg->base + latest_word * 8, payload, size, odd);
     __atomic_store_n((uint64_t *)seg->base + index_word, feed_seq, __ATOMIC_RELEASE);
-    __atomic_store_n((uint64_t *)seg->base + HEAD_WORD, feed_seq, __ATOMIC_RELEASE);
+    publish_head_and_wake(seg->base, feed_seq);
 }
 
 typedef struct {
@@ -243,7 +243,7 @@ store_args_start(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expected, S
 }
 
 /* The record's symbol and words are in range, and its ring slot, latest slot, index
- * word and the head all lie in the segment. */
+ * word and the header words of the head's publication all lie in the segment. */
 static int
 target_in_segment(const StoreArgs *a, Py_ssize_t record_size)
 {
@@ -254,7 +254,8 @@ target_in_segment(const StoreArgs *a, Py_ssize_t record_size)
     }
     return in_segment(&a->seg, a->slot, record_size) &&
            in_segment(&a->seg, a->latest_word * 8, record_size) &&
-           in_segment(&a->seg, a->index_word * 8, 8) && in_segment(&a->seg, HEAD_WORD * 8, 8);
+           in_segment(&a->seg, a->index_word * 8, 8) &&
+           in_segment(&a->seg, 0, NOTIFY_HEADER_SIZE);
 }
 
 /* (segment, slot, latest_word, index_word, feed_seq, recv_ns, symbol, msg) */
@@ -1245,6 +1246,39 @@ store_ticker_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* -------------------------------------------------------------------------- module */
 
+/* (segment, feed_seq): the head store of the Python writer's protocol, with its wake. */
+static PyObject *
+publish_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Segment seg;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "publish_head takes 2 arguments, got %zd", nargs);
+        return NULL;
+    }
+    if (!segment_of(args[0], &seg) || !in_segment(&seg, 0, NOTIFY_HEADER_SIZE)) {
+        return NULL;
+    }
+    unsigned long long feed_seq = PyLong_AsUnsignedLongLong(args[1]);
+    if (feed_seq == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    publish_head_and_wake(seg.base, feed_seq);
+    Py_RETURN_NONE;
+}
+
+/* (segment): wake every reader sleeping on the head, e.g. after a state change. */
+static PyObject *
+wake_readers(PyObject *module, PyObject *segment)
+{
+    Segment seg;
+    if (!segment_of(segment, &seg) || !in_segment(&seg, 0, NOTIFY_HEADER_SIZE)) {
+        return NULL;
+    }
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    wake_head_waiters(seg.base);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"store_ticker", (PyCFunction)(void (*)(void))store_ticker, METH_FASTCALL,
      "store_ticker(segment, slot, latest_word, index_word, feed_seq, recv_ns, symbol, msg)"
@@ -1264,6 +1298,11 @@ static PyMethodDef methods[] = {
      "Parse a DEFAULT-format ticker frame and store and publish its record; False "
      "(nothing written) if the frame is outside the common case or its code has no "
      "symbol in targets."},
+    {"publish_head", (PyCFunction)(void (*)(void))publish_head, METH_FASTCALL,
+     "publish_head(segment, feed_seq): store the head word and wake the readers sleeping "
+     "on it."},
+    {"wake_readers", wake_readers, METH_O,
+     "wake_readers(segment): wake every reader sleeping on the segment's head."},
     {"set_enum_maps", set_enum_maps, METH_VARARGS,
      "set_enum_maps(change, ask_bid, market_state, market_warning, trading_suspended, "
      "stream_type): the value -> code dicts of shm.layout."},
@@ -1295,7 +1334,11 @@ PyInit__fastwrite(void)
     if (PyModule_AddIntConstant(module, "TICKER_RECORD_SIZE", TICKER_RECORD_SIZE) < 0 ||
         PyModule_AddIntConstant(module, "ORDERBOOK_RECORD_SIZE", ORDERBOOK_RECORD_SIZE) < 0 ||
         PyModule_AddIntConstant(module, "MAX_LEVELS", MAX_LEVELS) < 0 ||
-        PyModule_AddIntConstant(module, "HEAD_WORD", HEAD_WORD) < 0) {
+        PyModule_AddIntConstant(module, "HEAD_WORD", HEAD_WORD) < 0 ||
+        PyModule_AddIntConstant(module, "WAITERS_WORD", WAITERS_WORD) < 0 ||
+        PyModule_AddIntConstant(module, "WAKES_WORD", WAKES_WORD) < 0 ||
+        PyModule_AddIntConstant(module, "WAKE_MISSES_WORD", WAKE_MISSES_WORD) < 0 ||
+        PyModule_AddIntConstant(module, "WAKE_MISSES_TO_DOUBT", WAKE_MISSES_TO_DOUBT) < 0) {
         Py_DECREF(module);
         return NULL;
     }

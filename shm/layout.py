@@ -184,6 +184,15 @@ H_INDEX_OFF: Final = 16
 H_LATEST_OFF: Final = 17
 H_RING_OFF: Final = 18
 H_TOTAL_SIZE: Final = 19
+# Readers sleeping on the head (shm/_notify.h): how many are about to sleep or asleep,
+# and 1 when the writer wakes them at every head store and state change (0: it does not,
+# so readers poll). The futex word is the head's low 32 bits. H_WAKE_MISSES: the
+# writer's wakes in a row that found no sleeper (a reader killed asleep stays counted);
+# from shm/_notify.h's WAKE_MISSES_TO_DOUBT on, it stops waking until a reader about to
+# sleep clears the word.
+H_WAITERS: Final = 20
+H_WAKES_READERS: Final = 21
+H_WAKE_MISSES: Final = 22
 
 HEADER_SIZE: Final = 256
 DESCR_SIZE: Final = 4096

@@ -7,6 +7,9 @@
   same bytes).
 * The reader's ring copy (``shm/_fastread.c``): the records of a feed_seq range that
   were complete and unchanged while copied, as ``SnapshotReader.since`` keeps them.
+* Sleeping readers (``shm/_notify.h``): a writer with the C stores wakes the readers
+  sleeping on its head (a futex) whenever it publishes a record or changes state, and
+  says so in the header (``H_WAKES_READERS``); ``wait_heads`` is the readers' sleep.
 
 Both are compiled at install time when a C compiler is present;
 ``UPFEED_PURE_PYTHON=1`` in the environment turns them off.
@@ -48,6 +51,9 @@ def _load() -> tuple[ModuleType | None, str]:
         "ORDERBOOK_RECORD_SIZE": L.ORDERBOOK_DTYPE.itemsize,
         "MAX_LEVELS": L.MAX_LEVELS,
         "HEAD_WORD": L.H_HEAD,
+        "WAITERS_WORD": L.H_WAITERS,
+        "WAKES_WORD": L.H_WAKES_READERS,
+        "WAKE_MISSES_WORD": L.H_WAKE_MISSES,
         "TICKER_FLOAT_FIELDS": L.TICKER_FLOAT_FIELDS,
     }
     for name, value in expected.items():
@@ -76,10 +82,37 @@ def module() -> ModuleType | None:
     return _MODULE
 
 
-_READER, READER_STATUS = _import("_fastread")
+def wake_readers(segment: memoryview) -> None:
+    """Wake every reader sleeping on the head of ``segment`` (a writable view of at least
+    its header); nothing when the C helpers are not in use."""
+    if _MODULE is not None:
+        _MODULE.wake_readers(segment)
+
+
+def _load_reader() -> tuple[ModuleType | None, str]:
+    _fastread, status = _import("_fastread")
+    if _fastread is None:
+        return None, status
+    expected = {"HEAD_WORD": L.H_HEAD, "STATE_WORD": L.H_STATE, "WAITERS_WORD": L.H_WAITERS}
+    for name, value in expected.items():
+        if getattr(_fastread, name, None) != value:
+            return None, f"built for another record layout ({name})"
+    return _fastread, "in use"
+
+
+_READER, READER_STATUS = _load_reader()
 
 #: ``copy_ring(buffer, ring_off, record_size, capacity, first, last) -> bytearray``, or
 #: None when the reader's C copy is not built or turned off.
 copy_ring: Callable[[object, int, int, int, int, int], bytearray] | None = (
     None if _READER is None else _READER.copy_ring
 )
+
+#: ``wait_heads(headers, cursors, timeout, spin) -> int``: sleep until a segment's head
+#: moves past its cursor or the segment stops being live; the index of that segment, -1
+#: on timeout, -2 when the kernel cannot sleep on several segments at once. None when
+#: the reader's C helpers are not built or turned off.
+wait_heads: Callable[[object, object, float, float], int] | None = (
+    None if _READER is None else _READER.wait_heads
+)
+MAX_WAIT_SEGMENTS: int = 0 if _READER is None else _READER.MAX_WAIT_SEGMENTS

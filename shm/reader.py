@@ -6,10 +6,16 @@ the record, so the copy is retried. Results are plain numpy: ``latest`` returns 
 ``np.void`` of the record dtype, ``latest_many`` and ``since`` structured arrays, all
 copies that stay valid after the writer moves on (or the reader closes).
 
-Readers never write to the segment, never unlink it and never register it with
-``multiprocessing``'s resource tracker. When the writer closes or a restarted writer
-replaces the segment (the old header's state word changes), the reader re-attaches to
-the new generation on its next call; ``since`` first drains what was left in the old one.
+Readers never write a record, never unlink the segment and never register it with
+``multiprocessing``'s resource tracker. A reader waiting for the next record
+(:meth:`SnapshotReader.wait_for_head`, :func:`wait_for_heads`) sleeps in the kernel
+until the writer publishes when both sides have the C helpers of :mod:`shm.native`
+(it then maps the header writable as well, to count itself among the sleepers: the
+writer wakes them only when there are any), and polls otherwise.
+
+When the writer closes or a restarted writer replaces the segment (the old header's
+state word changes), the reader re-attaches to the new generation on its next call;
+``since`` first drains what was left in the old one.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import mmap
 import os
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Self
 
 import numpy as np
@@ -36,6 +42,7 @@ from shm.errors import (
 from shm.segment import (
     HeaderInfo,
     current_inode,
+    open_header_for_waiting,
     open_readonly,
     process_start_ticks,
     read_descr,
@@ -53,6 +60,12 @@ _HEAD = L.H_HEAD
 _frombuffer = np.frombuffer
 _INT64 = struct.Struct("<q")
 _FOLLOW_CHECK_NS = 1_000_000
+_DEFAULT_POLL_INTERVAL = 0.0005
+# A sleep on the heads is cut into slices this long, so that a state change nobody woke
+# the reader for (a writer without the C helpers replacing the segment) is seen anyway.
+_SLEEP_SLICE = 0.25
+_WAIT_TIMED_OUT = -1
+_WAIT_UNSUPPORTED = -2
 
 
 class _Mapping:
@@ -82,6 +95,9 @@ class _Mapping:
         self.ids = {code: i for i, code in enumerate(self.codes)}
         self.slots = self._slots_of(self.ids)
         self.no_records = np.empty(0, self.dtype)
+        self.path = segment_path(name)
+        self._wait_header: mmap.mmap | None = None
+        self._wait_header_tried = False
         self.ring_seq = np.ndarray(
             (self.capacity,), "<u8", buffer=buf, offset=self.ring_off, strides=(self.size,)
         )
@@ -106,9 +122,23 @@ class _Mapping:
             self.ids = {code: i for i, code in enumerate(self.codes)}
             self.slots = self._slots_of(self.ids)
 
+    def header_to_sleep_on(self) -> mmap.mmap | None:
+        """A writable mapping of the header if a reader may sleep on this head now: the
+        segment is live and its writer wakes sleepers. None: poll instead."""
+        q = self.q
+        if q[L.H_WAKES_READERS] != 1 or q[L.H_STATE] != L.STATE_LIVE:
+            return None
+        if not self._wait_header_tried:
+            self._wait_header_tried = True
+            self._wait_header = open_header_for_waiting(self.path, self.inode)
+        return self._wait_header
+
     def close(self) -> None:
         del self.ring_seq, self.ring_bytes
         self.q.release()
+        if self._wait_header is not None:
+            with contextlib.suppress(BufferError):
+                self._wait_header.close()
         # A caller may still hold a numpy view it made of the buffer; the mapping is then
         # released by garbage collection instead of here.
         with contextlib.suppress(BufferError):
@@ -163,6 +193,7 @@ class SnapshotReader:
         read_timeout: float,
         clock_ns: Callable[[], int],
         copy_ring: Callable[[object, int, int, int, int, int], bytearray] | None = None,
+        wait_heads: Callable[[object, object, float, float], int] | None = None,
     ) -> None:
         self.name = name
         self.kind = kind
@@ -172,6 +203,7 @@ class SnapshotReader:
         self._clock_ns = clock_ns
         self._next_follow_ns = 0
         self._copy_ring = copy_ring
+        self._wait_heads = wait_heads
 
     # -- properties ---------------------------------------------------------------------
 
@@ -379,18 +411,17 @@ class SnapshotReader:
         code: str,
         after_seq: int = 0,
         timeout: float = 1.0,
-        poll_interval: float = 0.0005,
+        poll_interval: float | None = None,
     ) -> np.void | None:
-        """Poll until ``code`` has a record with feed_seq > ``after_seq``; None on timeout.
+        """Wait until ``code`` has a record with feed_seq > ``after_seq``; None on timeout.
 
-        Waits for the code to appear in the symbol table too. ``poll_interval=0`` spins
-        (lowest latency, burns a core).
+        Waits for the code to appear in the symbol table too; ``poll_interval`` as in
+        :meth:`wait_for_head`.
         """
         deadline = time.monotonic() + timeout
         while True:
-            m = self._live()
-            if m.q[L.H_STATE] != L.STATE_LIVE:
-                m = self._follow_if_replaced()
+            m = self._current()
+            head = m.q[_HEAD]
             symbol = m.ids.get(code)
             if symbol is None:
                 m.refresh_symbols()
@@ -399,31 +430,28 @@ class SnapshotReader:
                 record = self.latest(code)
                 if record is not None and record["feed_seq"] > after_seq:
                     return record
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return None
-            if poll_interval > 0:
-                time.sleep(poll_interval)
+            self.wait_for_head(head, left, poll_interval)
 
     def wait_for_head(
-        self, cursor: int, timeout: float = 1.0, poll_interval: float = 0.0005
+        self,
+        cursor: int,
+        timeout: float = 1.0,
+        poll_interval: float | None = None,
+        *,
+        spin: float = 0.0,
     ) -> int:
-        """Poll until the head passes ``cursor``; return the head (== cursor on timeout)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            m = self._live()
-            if m.q[L.H_STATE] != L.STATE_LIVE:
-                m = self._follow_if_replaced()
-            q = m.q
-            # Several plain loads of the head word per clock check keep a spinning
-            # reader's notice delay at a fraction of a microsecond.
-            for _ in range(1 if poll_interval > 0 else _SPIN_READS):
-                head = q[_HEAD]
-                if head != cursor:
-                    return head
-            if time.monotonic() >= deadline:
-                return head
-            if poll_interval > 0:
-                time.sleep(poll_interval)
+        """Wait until the head moves past ``cursor``; return the head (== cursor on timeout).
+
+        ``poll_interval=None`` sleeps until the writer publishes a record or closes (a
+        futex on the head word, woken by the writer) when the reader and the writer both
+        have the C helpers of :mod:`shm.native`, after looking for ``spin`` seconds
+        first; otherwise it polls every 0.5 ms. A number polls at that interval; 0 spins,
+        which keeps a core busy.
+        """
+        return wait_for_heads((self,), (cursor,), timeout, poll_interval, spin=spin)[0]
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -445,6 +473,13 @@ class SnapshotReader:
         return f"SnapshotReader({self.name!r}, generation={self._m.generation}, head={self.head})"
 
     # -- internals ----------------------------------------------------------------------
+
+    def _current(self) -> _Mapping:
+        """The mapping, switched to a newer generation once this one is no longer live."""
+        m = self._live()
+        if m.q[L.H_STATE] != L.STATE_LIVE:
+            m = self._follow_if_replaced()
+        return m
 
     def _live(self) -> _Mapping:
         m = self._m
@@ -508,6 +543,61 @@ class SnapshotReader:
         return fresh
 
 
+def wait_for_heads(
+    readers: Sequence[SnapshotReader],
+    cursors: Sequence[int],
+    timeout: float = 1.0,
+    poll_interval: float | None = None,
+    *,
+    spin: float = 0.0,
+) -> list[int]:
+    """Wait until any reader's head moves past its cursor; every reader's head, in order
+    (each equal to its cursor on timeout). Waiting is as in
+    :meth:`SnapshotReader.wait_for_head`: one sleep covers all the segments (up to
+    ``shm.native.MAX_WAIT_SEGMENTS``), so a strategy of tickers and order books waits for
+    whichever comes first."""
+    if not readers or len(readers) != len(cursors):
+        raise ValueError(
+            f"wait_for_heads needs one cursor per reader, got {len(readers)} readers "
+            f"and {len(cursors)} cursors"
+        )
+    if any(cursor < 0 for cursor in cursors):
+        raise ValueError(f"cursors must be >= 0, got {list(cursors)}")
+    deadline = time.monotonic() + timeout
+    sleep = readers[0]._wait_heads
+    if (
+        poll_interval is not None
+        or len(readers) > _native.MAX_WAIT_SEGMENTS
+        or any(reader._wait_heads is None for reader in readers)
+    ):
+        sleep = None
+    interval = _DEFAULT_POLL_INTERVAL if poll_interval is None else poll_interval
+    while True:
+        mappings = [reader._current() for reader in readers]
+        words = [m.q for m in mappings]
+        heads = [q[_HEAD] for q in words]
+        if any(head != cursor for head, cursor in zip(heads, cursors, strict=True)):
+            return heads
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return heads
+        if sleep is not None:
+            headers = [m.header_to_sleep_on() for m in mappings]
+            if None not in headers:
+                if sleep(headers, cursors, min(left, _SLEEP_SLICE), spin) != _WAIT_UNSUPPORTED:
+                    continue
+                sleep = None
+        if interval > 0:
+            time.sleep(min(interval, left))
+            continue
+        # Several plain loads of the head words per clock check keep a spinning reader's
+        # notice delay at a fraction of a microsecond.
+        for _ in range(_SPIN_READS):
+            for q, cursor in zip(words, cursors, strict=True):
+                if q[_HEAD] != cursor:
+                    return [q[_HEAD] for q in words]
+
+
 def attach(
     prefix: str,
     kind: str,
@@ -524,8 +614,9 @@ def attach(
     ``heartbeat_timeout``: a writer whose heartbeat is older counts as dead.
     ``read_timeout``: how long one record read may wait for a writer stuck inside it.
     ``clock_ns``: wall clock for heartbeat and age (the writer's ``recv_ns`` clock).
-    ``native``: copy ring records in C (:mod:`shm.native`) when built (None), always
-    (True: RuntimeError if it is not built) or never (False); the results are the same.
+    ``native``: copy ring records and sleep on the head in C (:mod:`shm.native`) when
+    built (None), always (True: RuntimeError if it is not built) or never (False: waits
+    poll); the results are the same.
     Raises SegmentNotFoundError on timeout, LayoutMismatchError for a foreign layout.
     """
     if native is True and _native.copy_ring is None:
@@ -543,6 +634,7 @@ def attach(
                 read_timeout=read_timeout,
                 clock_ns=clock_ns,
                 copy_ring=None if native is False else _native.copy_ring,
+                wait_heads=None if native is False else _native.wait_heads,
             )
         if time.monotonic() >= deadline:
             raise SegmentNotFoundError(name, timeout)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shm import layout as L
+from shm import native as _native
 from shm.errors import LayoutMismatchError, SegmentOwnedError
 
 SHM_DIR = "/dev/shm"
@@ -173,6 +174,8 @@ class _StaleSegment:
         # Readers still mapping the old file see this word change and look for the new one.
         with mmap.mmap(self.fd, L.HEADER_SIZE) as header:
             header[L.H_STATE * 8 : L.H_STATE * 8 + 8] = L.STATE_SUPERSEDED.to_bytes(8, "little")
+            with memoryview(header) as view:
+                _native.wake_readers(view)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -437,6 +440,24 @@ def open_readonly(path: str) -> tuple[mmap.mmap, int] | None:
                 return None
             raise
         return buf, stat.st_ino
+    finally:
+        os.close(fd)
+
+
+def open_header_for_waiting(path: str, inode: int) -> mmap.mmap | None:
+    """The header of the segment file ``inode`` at ``path``, mapped writable for a reader
+    that sleeps on its head (the waiter count is the one word such a reader writes);
+    None if the path now names another file or cannot be opened for writing."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_ino != inode:
+            return None
+        return mmap.mmap(fd, L.HEADER_SIZE)
+    except OSError:
+        return None
     finally:
         os.close(fd)
 

@@ -25,6 +25,7 @@ grows the table up to ``max_symbols`` without a new generation.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import multiprocessing.util
@@ -97,6 +98,7 @@ def _release_segment(
     owner = os.getpid() == owner_pid
     if owner:
         words[L.H_STATE] = L.STATE_CLOSED
+        _native.wake_readers(words)
     # The mapping cannot close while any view of it is alive.
     for view in views:
         view.release()
@@ -164,6 +166,14 @@ class SnapshotWriter:
         self._json_store: Callable[..., bool] | None = (
             None if store is None else getattr(_native.module(), f"store_{self.kind}_json", None)
         )
+        # Readers may sleep on the head only when every head store wakes them.
+        if store is not None:
+            self._q[L.H_WAKES_READERS] = 1
+            self._publish_head: Callable[[int], None] = functools.partial(
+                _native.module().publish_head, self._view
+            )
+        else:
+            self._publish_head = functools.partial(self._q.__setitem__, _HEAD)
         self._hot: tuple[Any, ...] | None = (
             self._q,
             self._buf,
@@ -460,7 +470,7 @@ class TickerWriter(SnapshotWriter):
             latest_payload[:] = view[slot + 8 : slot + size]
             q[latest_word] = odd + 1
             q[index_word] = feed_seq
-            q[_HEAD] = feed_seq
+            self._publish_head(feed_seq)
             self._head = feed_seq
             return feed_seq
         finally:
@@ -575,7 +585,7 @@ class OrderbookWriter(SnapshotWriter):
             latest_payload[:] = view[slot + 8 : slot + size]
             q[latest_word] = odd + 1
             q[index_word] = feed_seq
-            q[_HEAD] = feed_seq
+            self._publish_head(feed_seq)
             self._head = feed_seq
             return feed_seq
         finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import random
 import signal
 import time
 import uuid
@@ -21,7 +22,9 @@ import msgspec
 import numpy as np
 
 import shm
+from shm import layout as L
 from shm.layout import TICKER_FLOAT_FIELDS
+from shm.writer import WRITER_CLASSES
 
 
 class TickerMsg(msgspec.Struct):
@@ -354,3 +357,66 @@ def exit_without_close_main(prefix: str, results: Any) -> None:
     writer = shm.create_writer(prefix, shm.KIND_TICKER, ["KRW-BTC"], capacity=8)
     writer.write(make_ticker("KRW-BTC", 1, 0), time.time_ns())
     results.put(os.path.exists(writer.path))
+
+
+def paced_writer_main(
+    prefix: str,
+    kinds: list[str],
+    count: int,
+    max_pause_us: float,
+    native: bool,
+    results: Any,
+    go: Any,
+    release: Any,
+    acknowledged: Any = None,
+    burst: int = 1,
+) -> None:
+    """Write ``count`` records to the ``kinds`` segments in turn, in bursts of ``burst``
+    records, each burst after a random pause of up to ``max_pause_us``. The first waits
+    until a reader sleeps on every segment (the header's waiter count), so that it has to
+    be woken; then report the heads and keep the segments open until ``release`` is set.
+
+    With ``acknowledged`` (a shared counter of the records a reader has seen), each
+    burst waits for the reader to have seen every record before it: a reader that was
+    not woken for a burst then sleeps until its timeout instead of being woken by the
+    next one."""
+    writers = [
+        WRITER_CLASSES[kind](prefix, ["KRW-BTC"], capacity=64, native=native) for kind in kinds
+    ]
+    try:
+        results.put(("ready", [w._q[L.H_WAKES_READERS] for w in writers]))
+        if not go.wait(20):
+            return
+        deadline = time.monotonic() + 20
+        while native and any(w._q[L.H_WAITERS] == 0 for w in writers):
+            if time.monotonic() > deadline:
+                results.put(("no sleeping reader", []))
+                return
+            time.sleep(0.001)
+        pause = random.Random(count).uniform
+        for k in range(count):
+            if k % burst == 0:
+                while acknowledged is not None and acknowledged.value < k:
+                    if time.monotonic() > deadline + 60:
+                        results.put(("no acknowledgement", [k]))
+                        return
+                until = time.perf_counter() + pause(0, max_pause_us) / 1e6
+                while time.perf_counter() < until:
+                    pass
+            kind_index = k % len(writers)
+            writer = writers[kind_index]
+            if kinds[kind_index] == shm.KIND_TICKER:
+                writer.write(make_ticker("KRW-BTC", k + 1, 0), time.time_ns())
+            else:
+                writer.write(make_orderbook("KRW-BTC", k + 1, 15), time.time_ns())
+        results.put(("done", [w.head for w in writers]))
+        release.wait(20)
+    finally:
+        for writer in writers:
+            writer.close()
+
+
+def sleeping_reader_main(prefix: str, kind: str) -> None:
+    """A reader that sleeps on the head until it is killed (or a minute passes)."""
+    with shm.attach(prefix, kind, timeout=10) as reader:
+        reader.wait_for_head(reader.head, timeout=60)
