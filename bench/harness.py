@@ -460,9 +460,18 @@ def new_connection(sim: SimProcess, before: Sequence[int], timeout: float = 10.0
     return int(max(found))
 
 
-def shm_consumer(prefix: str, kinds: str = "ticker,orderbook", sleep_us: float = 0.0) -> Consumer:
-    """A shm reader process; ``sleep_us`` > 0 sleeps between idle checks, else it yields."""
+def shm_consumer(
+    prefix: str,
+    kinds: str = "ticker,orderbook",
+    sleep_us: float = 0.0,
+    wait_spin_us: float | None = None,
+) -> Consumer:
+    """A shm reader process; ``sleep_us`` > 0 sleeps between idle checks, else it yields;
+    ``wait_spin_us`` given: it sleeps on the heads until the writer publishes instead,
+    looking that long first."""
     argv = [sys.executable, "-m", "bench.consumers", "shm", "--prefix", prefix, "--kinds", kinds]
+    if wait_spin_us is not None:
+        return Consumer([*argv, "--wait", "--wait-spin-us", str(wait_spin_us)])
     return Consumer([*argv, "--sleep-us", str(sleep_us)])
 
 

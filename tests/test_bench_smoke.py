@@ -93,6 +93,11 @@ def test_system_benchmarks_quick(tmp_path: Path) -> None:
     for path in ("wire_to_shm", "wire_to_zmq_worker"):
         _latency(low[path]["latency_us"])
         assert low[path]["gaps"] == 0 and _number(low[path]["feed_cores_used"])
+    # The same with a reader that sleeps on the heads until the writer publishes.
+    sleeping = low["wire_to_shm_sleeping_reader"]
+    _latency(sleeping["latency_us"])
+    assert sleeping["gaps"] == 0 and sleeping["received"] > 0
+    assert "wait_for_heads" in sleeping["shm_reader"]
     stages = feed["stages_ns"]
     for key in (
         "parse_mixed",
