@@ -165,7 +165,18 @@ def active_warnings(status: dict[str, Any]) -> list[str]:
 
 def format_segments(segments: Sequence[dict[str, Any]]) -> str:
     return table(
-        ["segment", "kind", "state", "writer", "symbols", "capacity", "head", "record_B", "path"],
+        [
+            "segment",
+            "kind",
+            "state",
+            "writer",
+            "symbols",
+            "capacity",
+            "head",
+            "record_B",
+            "asleep",
+            "path",
+        ],
         [
             [
                 s.get("name"),
@@ -176,6 +187,7 @@ def format_segments(segments: Sequence[dict[str, Any]]) -> str:
                 s.get("capacity"),
                 s.get("head"),
                 s.get("record_size"),
+                s.get("sleeping_readers", "-"),
                 s.get("path"),
             ]
             for s in segments

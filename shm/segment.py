@@ -469,6 +469,14 @@ def current_inode(path: str) -> int | None:
         return None
 
 
+def sleepers_of(buf: mmap.mmap) -> dict[str, object]:
+    """What a segment's header says about readers sleeping on its head: whether its writer
+    wakes them, how many count themselves asleep (a reader killed asleep stays counted),
+    and the writer's wakes in a row that found nobody (it stops waking at 64)."""
+    waiters, wakes, misses = struct.unpack_from("<3Q", buf, L.H_WAITERS * 8)
+    return {"wakes_readers": wakes == 1, "sleeping_readers": waiters, "wake_misses": misses}
+
+
 def describe(prefix: str, kind: str) -> dict[str, object] | None:
     """Header facts of ``<prefix>.<kind>`` for status pages; None if it does not exist.
 
@@ -482,6 +490,7 @@ def describe(prefix: str, kind: str) -> dict[str, object] | None:
     try:
         info = read_header(name, buf)
         codes = read_symbols(buf, info, info.n_symbols)
+        sleepers = sleepers_of(buf)
     finally:
         buf.close()
     return {
@@ -502,4 +511,5 @@ def describe(prefix: str, kind: str) -> dict[str, object] | None:
         "codes": codes,
         "size_bytes": info.geometry.total_size,
         "inode": inode,
+        **sleepers,
     }

@@ -49,6 +49,7 @@ from shm.segment import (
     encode_symbol,
     segment_name,
     segment_path,
+    sleepers_of,
 )
 
 DEFAULT_CAPACITY = 4096
@@ -283,7 +284,8 @@ class SnapshotWriter:
         self._targets[code] = (symbol, latest >> 3, payload, self._index_word + symbol)
 
     def describe(self) -> dict[str, object]:
-        """Name, path, layout and position of this segment, JSON-able (for status pages)."""
+        """Name, path, layout, position and sleeping readers (:func:`sleepers_of`) of this
+        segment, JSON-able (for status pages)."""
         return {
             "name": self.name,
             "path": self.path,
@@ -294,6 +296,7 @@ class SnapshotWriter:
             "generation": self.generation,
             "record_size": self.dtype.itemsize,
             "dtype": str(self.dtype.descr),
+            **sleepers_of(self._buf),
         }
 
     def heartbeat(self, now_ns: int | None = None) -> None:

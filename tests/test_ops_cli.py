@@ -90,6 +90,8 @@ def test_feed_subprocess_status_top_segments_then_down(feed_harness):
             assert set(kinds) == {"ticker", "orderbook"}
             assert kinds["ticker"]["name"] == f"{harness.prefix}.ticker"
             assert "'recv_ns'" in kinds["ticker"]["dtype"]
+            assert kinds["ticker"]["wakes_readers"] is True
+            assert kinds["orderbook"]["sleeping_readers"] == 0
 
             top = cli(harness, "top", "--iterations", "3", "--interval", "0.3", "--no-clear")
             assert top.returncode == 0, top.stderr

@@ -468,6 +468,12 @@ def test_describe_reports_the_header(prefix: str) -> None:
         assert info["head"] == 1 and info["capacity"] == 16
         assert info["record_size"] == shm.ORDERBOOK_DTYPE.itemsize
         assert info["codes"] == CODES and info["generation"] == writer.generation
+        assert info["wakes_readers"] is writer.native
+        assert info["sleeping_readers"] == 0 and info["wake_misses"] == 0
+        assert {k: writer.describe()[k] for k in ("head", "sleeping_readers")} == {
+            "head": 1,
+            "sleeping_readers": 0,
+        }
         writer.close(unlink=False)
         closed = shm.describe(prefix, "orderbook")
         assert closed is not None and closed["state"] == "closed"

@@ -199,6 +199,9 @@ def test_a_reader_killed_asleep_stops_costing_the_writer_wake_calls(prefix: str)
             writer.write(H.make_ticker("KRW-BTC", k, 0), 0)
         # The wakes that found nobody stop at the threshold: no wake call after it.
         assert writer._q[L.H_WAKE_MISSES] == native.module().WAKE_MISSES_TO_DOUBT
+        described = shm.describe(prefix, "ticker")
+        assert described is not None and described["sleeping_readers"] == 1
+        assert described["wake_misses"] == native.module().WAKE_MISSES_TO_DOUBT
         with shm.attach(prefix, "ticker") as reader:
             _when_asleep(writer, lambda: writer.write(H.make_ticker("KRW-BTC", 201, 0), 0), 2)
             started = time.monotonic()
