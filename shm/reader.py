@@ -64,7 +64,6 @@ _DEFAULT_POLL_INTERVAL = 0.0005
 # A sleep on the heads is cut into slices this long, so that a state change nobody woke
 # the reader for (a writer without the C helpers replacing the segment) is seen anyway.
 _SLEEP_SLICE = 0.25
-_WAIT_TIMED_OUT = -1
 _WAIT_UNSUPPORTED = -2
 
 
