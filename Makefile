@@ -6,8 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint format bench clean browser
 
-# setup.py builds the optional C helpers (shm/_fastwrite.c, feedhandler/upbit/_hotjson.c).
-$(STAMP): pyproject.toml setup.py shm/_slots.h shm/_fastwrite.c feedhandler/upbit/_hotjson.c
+# setup.py builds the optional C helpers (shm/_fastwrite.c, shm/_fastread.c,
+# feedhandler/upbit/_hotjson.c).
+$(STAMP): pyproject.toml setup.py shm/_slots.h shm/_notify.h shm/_fastwrite.c shm/_fastread.c \
+		feedhandler/upbit/_hotjson.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
