@@ -652,6 +652,78 @@ def test_spread_monitor_reads_order_books_from_shm(feed, ctx):
         writer.close()
 
 
+class TickerWatcher(Worker):
+    types = ("ticker",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: list[int] = []
+
+    def on_ticker(self, code, record):
+        self.seen.append(int(record["feed_seq"]))
+
+
+def _ticker(k):
+    from tests.shm_helpers import make_ticker
+
+    return make_ticker("KRW-BTC", k, 0)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_looks_at_shm_when_the_feed_writes(feed, ctx, monkeypatch):
+    shm = pytest.importorskip("shm")
+    import workers.worker as worker_module
+    from shm import native
+
+    if native.wait_heads is None:
+        pytest.skip(f"shm readers cannot sleep here: {native.READER_STATUS}")
+    # Each poll of the bus waits longer than the test may run: only a write to shm, by
+    # way of the doorbell, can end one early.
+    monkeypatch.setattr(worker_module, "_IDLE_POLL_MS", 120_000)
+    prefix = f"upft-{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
+    writer = shm.TickerWriter(prefix, ["KRW-BTC"], capacity=64)
+    try:
+        feed.hello_info["shm_prefix"] = prefix
+        watcher = TickerWatcher(
+            ["KRW-BTC"], control_endpoint=feed.server.endpoint, context=ctx, lease_s=600
+        )
+        running = RunningWorker(watcher)
+        with running:
+            wait_until(lambda: watcher._poller is not None, what="the worker's start")
+            time.sleep(0.1)  # into its first poll
+            for k in range(1, 4):
+                writer.write_ticker(_ticker(k), 1)
+                wait_until(lambda k=k: watcher.seen[-1:] == [k], what=f"record {k}")
+            assert watcher.shm_wakeups >= 3
+            running.stop.set()
+            writer.write_ticker(_ticker(4), 1)  # rings once more, so the loop sees stop
+        assert watcher._doorbell is None, "close() stops the doorbell"
+    finally:
+        writer.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_with_a_shm_poll_interval_polls(feed, ctx):
+    shm = pytest.importorskip("shm")
+    prefix = f"upft-{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
+    writer = shm.TickerWriter(prefix, ["KRW-BTC"], capacity=64)
+    try:
+        feed.hello_info["shm_prefix"] = prefix
+        watcher = TickerWatcher(
+            ["KRW-BTC"],
+            control_endpoint=feed.server.endpoint,
+            context=ctx,
+            shm_poll_interval_s=0.005,
+        )
+        with RunningWorker(watcher):
+            wait_until(lambda: watcher._readers, what="the worker's start")
+            writer.write_ticker(_ticker(1), 1)
+            wait_until(lambda: watcher.seen == [1], what="the record")
+            assert watcher._doorbell is None and watcher.shm_wakeups == 0
+    finally:
+        writer.close()
+
+
 def test_example_runs_from_the_command_line_for_a_duration(feed, run_dir):
     server = feed.server
     registry = feed.registry

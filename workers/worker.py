@@ -8,7 +8,11 @@ overrides hooks. :meth:`Worker.run` does the rest on the calling thread:
   endpoint and the shm prefix;
 * attaches shm readers for ``ticker`` / ``orderbook`` and calls ``on_ticker`` /
   ``on_orderbook`` with the newest record of each of its symbols that changed since
-  the previous poll (shm holds snapshots, so intermediate states are conflated);
+  the previous look (shm holds snapshots, so intermediate states are conflated). It
+  looks when the feed writes: a thread sleeps on the rings' heads
+  (``shm.wait_for_heads``) and makes the worker's one poll of the bus return;
+  without the shm C helpers, or with ``shm_poll_interval_s`` given, it looks every
+  that many seconds (2 ms) instead;
 * SUBscribes to ``trade.<CODE> ``, ``candle.<unit>.<CODE> ``, ``myOrder.<CODE> ``,
   ``myAsset `` and ``sys.``, decodes frames into typed events (:mod:`workers.events`)
   and checks each topic's ``seq`` for holes (``on_gap``).
@@ -65,6 +69,11 @@ MAX_BUS_MESSAGE_BYTES = 16 * 1024 * 1024
 # timer or the shm rings.
 MAX_DRAIN_SECONDS = 0.05
 DECODE_ERROR_LOG_EVERY = 1000
+# How long one poll of the bus waits when nothing needs the worker sooner.
+_IDLE_POLL_MS = 50
+_FALLBACK_SHM_POLL_S = 0.002
+# The doorbell thread looks at its stop flag at least this often.
+_DOORBELL_SLICE_S = 0.25
 
 
 # decoder, hook, topic as text
@@ -113,6 +122,66 @@ def _attach_shm(prefix: str, kind: str, timeout: float) -> ShmReader:
     return reader
 
 
+class _ShmDoorbell:
+    """A thread that sleeps on the shm rings' heads and makes an eventfd readable when a
+    head moves, so that one poll of the bus also wakes for shm. It has readers of its
+    own (a reader serves one thread) and rings once per :meth:`answer`: a busy ring
+    wakes the worker once per look, not once per record."""
+
+    def __init__(self, readers: list[Any], wait_for_heads: Callable[..., list[int]]) -> None:
+        self._readers = readers
+        self._wait_for_heads = wait_for_heads
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._answered = threading.Event()
+        self._answered.set()
+        self._stop = threading.Event()
+        self.rings = 0
+        self._thread = threading.Thread(target=self._run, name="shm-doorbell", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def open(cls, prefix: str, kinds: Sequence[str], timeout: float) -> _ShmDoorbell | None:
+        """A doorbell for ``kinds``; None when the shm readers cannot sleep (no C helpers)."""
+        import shm  # noqa: PLC0415 - only workers that read shm need it
+        from shm import native  # noqa: PLC0415
+
+        if native.wait_heads is None:
+            return None
+        readers = [_attach_shm(prefix, kind, timeout) for kind in kinds]
+        return cls(readers, shm.wait_for_heads)
+
+    def _run(self) -> None:
+        try:
+            cursors = [reader.head for reader in self._readers]
+            while not self._stop.is_set():
+                if not self._answered.wait(_DOORBELL_SLICE_S):
+                    continue
+                heads = self._wait_for_heads(self._readers, cursors, _DOORBELL_SLICE_S)
+                if heads != cursors:
+                    cursors = heads
+                    self._answered.clear()
+                    os.eventfd_write(self.fd, 1)
+        finally:
+            for reader in self._readers:
+                reader.close()
+
+    def answer(self) -> bool:
+        """Take the ring (the worker is about to look at shm); False if there was none."""
+        try:
+            os.eventfd_read(self.fd)
+        except BlockingIOError:
+            return False
+        self.rings += 1
+        self._answered.set()
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+        self._answered.set()
+        self._thread.join(_DOORBELL_SLICE_S * 4)
+        os.close(self.fd)
+
+
 class Worker:
     """Base class of strategy processes. Override the ``on_*`` hooks you need.
 
@@ -120,6 +189,10 @@ class Worker:
     ``myOrder`` and ``myAsset``. ``sys.*`` events always arrive (``on_sys``).
     During a bus hook, :attr:`current` is the envelope of the message being handled
     (``seq``, ``recv_ns``, ``origin_ns``) and :attr:`current_topic` its topic.
+
+    ``shm_poll_interval_s``: None looks at the shm rings when the feed writes to them
+    (when the shm C helpers are built; else every 2 ms); a number looks every that many
+    seconds (at least 1 ms).
     """
 
     types: ClassVar[tuple[str, ...]] = ()
@@ -137,7 +210,7 @@ class Worker:
         lease_s: float = 10.0,
         control_timeout: float = 2.0,
         shm_timeout: float = 5.0,
-        shm_poll_interval_s: float = 0.002,
+        shm_poll_interval_s: float | None = None,
         curve_server_key: bytes | None = None,
         curve_client: CurveKeys | None = None,
         context: zmq.Context | None = None,
@@ -178,6 +251,8 @@ class Worker:
         self._control: ControlClient | None = None
         self._sub: zmq.Socket | None = None
         self._readers: dict[str, ShmReader] = {}
+        self._doorbell: _ShmDoorbell | None = None
+        self._poller: zmq.Poller | None = None
         self._cursors: dict[str, int] = {}
         self._pending: dict[str, list[tuple[str, Any]]] = {}
         self._wanted = frozenset(self.symbols)
@@ -232,7 +307,12 @@ class Worker:
             renew_every = self.lease_s / 3
             next_renew = started + renew_every
             next_timer = started + self.timer_interval_s
-            poll_ms = max(1, int(self._shm_poll_interval_s * 1000)) if self._readers else 50
+            poll_ms = _IDLE_POLL_MS
+            if self._readers and self._doorbell is None:
+                interval = self._shm_poll_interval_s
+                if interval is None:
+                    interval = _FALLBACK_SHM_POLL_S
+                poll_ms = max(1, int(interval * 1000))
             while not stop.is_set():
                 now = self._clock()
                 if deadline is not None and now >= deadline:
@@ -255,7 +335,14 @@ class Worker:
         """Handle what is ready on the bus (waiting up to ``timeout_ms``) and in shm."""
         handled = 0
         sub = self._sub
-        if sub is not None and sub.poll(timeout_ms, zmq.POLLIN):
+        if self._poller is not None:
+            ready = dict(self._poller.poll(timeout_ms))
+            if self._doorbell is not None and self._doorbell.fd in ready:
+                self._doorbell.answer()
+            bus_ready = sub is not None and sub in ready
+        else:
+            bus_ready = sub is not None and bool(sub.poll(timeout_ms, zmq.POLLIN))
+        if bus_ready and sub is not None:
             drain_until = self._clock() + MAX_DRAIN_SECONDS
             for _ in range(MAX_DRAIN):
                 try:
@@ -371,6 +458,8 @@ class Worker:
             for kind in SHM_TYPES:
                 if kind in self.types:
                     self._attach(kind)
+            if self._readers and self._shm_poll_interval_s is None:
+                self._open_doorbell()
         except BaseException:
             self.close()
             raise
@@ -424,6 +513,25 @@ class Worker:
             for code in self.symbols
             if code in known and (record := reader.latest(code)) is not None
         ]
+
+    def _open_doorbell(self) -> None:
+        prefix = self.hello.get("shm_prefix")
+        if not isinstance(prefix, str):
+            return
+        self._doorbell = _ShmDoorbell.open(prefix, list(self._readers), self._shm_timeout)
+        if self._doorbell is None:
+            log.info("event=shm_polled worker_id=%s reason=no_shm_c_helpers", self.worker_id)
+            return
+        poller = zmq.Poller()
+        if self._sub is not None:
+            poller.register(self._sub, zmq.POLLIN)
+        poller.register(self._doorbell.fd, zmq.POLLIN)
+        self._poller = poller
+
+    @property
+    def shm_wakeups(self) -> int:
+        """How often a write to the shm rings woke this worker (0 while it polls them)."""
+        return 0 if self._doorbell is None else self._doorbell.rings
 
     def _poll_shm(self, kind: str, reader: ShmReader) -> int:
         hook = self.on_ticker if kind == "ticker" else self.on_orderbook
@@ -500,6 +608,10 @@ class Worker:
                 self._control.unregister(self.worker_id)
             except (ControlTimeout, ControlRequestError) as exc:
                 log.warning("event=unregister_failed worker_id=%s error=%s", self.worker_id, exc)
+        self._poller = None
+        if self._doorbell is not None:
+            self._doorbell.close()
+            self._doorbell = None
         if self._sub is not None:
             self._sub.close(0)
             self._sub = None
