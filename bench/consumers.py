@@ -2,6 +2,7 @@
 
     python -m bench.consumers shm --prefix P [--kinds ticker,orderbook] [--spin | --wait]
     python -m bench.consumers zmq --endpoint E [--topic trade.]
+    python -m bench.consumers worker --control E --codes C1,C2 [--shm-poll-s S]
 
 Each prints ``{"ready": true}`` once attached/connected, then obeys one command per
 stdin line: ``reset`` (zero the counters), ``report`` (print the figures so far as
@@ -13,6 +14,11 @@ The shm reader polls both rings' heads in a loop that yields the CPU between che
 (``os.sched_yield``): a pure spin would take a core from the feed on a 2-core box.
 With ``--wait`` it sleeps on both heads instead (``shm.wait_for_heads``) until the
 writer publishes, looking for ``--wait-spin-us`` first.
+
+The worker consumer is a :class:`workers.Worker` of ticker and orderbook (registered
+with the feed like any strategy) timing each ``on_ticker`` / ``on_orderbook`` call; it
+looks at shm when the feed writes, or every ``--shm-poll-s`` seconds. It also reports
+the CPU seconds of its process since the last reset.
 """
 
 from __future__ import annotations
@@ -265,6 +271,63 @@ def run_zmq(endpoint: str, topic: str) -> int:
     return 0
 
 
+def run_worker(control: str, codes: list[str], shm_poll_s: float | None) -> int:
+    from workers import Worker  # noqa: PLC0415 - only this consumer needs the feed's packages
+
+    latencies: list[int] = []
+    now_ns = time.time_ns
+
+    class LatencyWorker(Worker):
+        types = ("ticker", "orderbook")
+
+        def on_ticker(self, code: str, record: Any) -> None:
+            latencies.append(now_ns() - int(record["origin_ns"]))
+
+        on_orderbook = on_ticker
+
+    worker = LatencyWorker(codes, control_endpoint=control, shm_poll_interval_s=shm_poll_s)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            worker.run(stop)
+        except BaseException as exc:  # reported to the bench, which stops the run
+            failure.append(exc)
+            raise
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    gc.disable()
+    stats = Stats()
+    cpu_at_reset = time.process_time()
+    emit({"ready": True})
+    for line in sys.stdin:
+        command = line.strip()
+        if failure:
+            emit({"error": repr(failure[0])})
+            break
+        if command == "reset":
+            latencies.clear()
+            stats.reset()
+            cpu_at_reset = time.process_time()
+            emit({"ok": True})
+        elif command in ("report", "stop"):
+            taken = latencies[:]
+            stats.count = len(taken)
+            stats.latencies = [np.array(taken, dtype=np.int64)]
+            extra = {
+                "cpu_seconds": round(time.process_time() - cpu_at_reset, 3),
+                "shm_wakeups": worker.shm_wakeups,
+            }
+            emit(stats.report(extra))
+            if command == "stop":
+                break
+    stop.set()
+    thread.join(5)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.consumers")
     sub = parser.add_subparsers(dest="kind", required=True)
@@ -286,7 +349,15 @@ def main(argv: list[str] | None = None) -> int:
     z = sub.add_parser("zmq")
     z.add_argument("--endpoint", required=True)
     z.add_argument("--topic", default="trade.")
+    w = sub.add_parser("worker")
+    w.add_argument("--control", required=True, help="the feed's control endpoint")
+    w.add_argument("--codes", required=True)
+    w.add_argument(
+        "--shm-poll-s", type=float, default=None, help="poll shm at this interval instead"
+    )
     args = parser.parse_args(argv)
+    if args.kind == "worker":
+        return run_worker(args.control, [c for c in args.codes.split(",") if c], args.shm_poll_s)
     if args.kind == "shm":
         return run_shm(
             args.prefix,

@@ -48,7 +48,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -68,6 +68,7 @@ from bench.harness import (
     shm_consumer,
     unpin_process,
     wait_for,
+    worker_consumer,
     zmq_consumer,
 )
 from feedhandler.publisher import Publisher
@@ -226,15 +227,31 @@ def feed_latency(
     *,
     shm_name: str = "wire_to_shm",
     with_worker: bool = True,
+    worker_codes: Sequence[str] = (),
 ) -> dict[str, dict[str, Any]]:
     """wire -> shm reader (``shm_sleep_us`` as in :func:`shm_reader_kwargs`) and, with
-    ``with_worker``, wire -> ZeroMQ subscriber, at ``rate`` msgs/s for ``seconds`` each."""
+    ``with_worker``, wire -> ZeroMQ subscriber, at ``rate`` msgs/s for ``seconds`` each.
+    With ``worker_codes``, also wire -> the shm hooks of a :class:`workers.Worker` of
+    those codes, looking at shm when the feed writes and polling it every 2 ms."""
     out: dict[str, dict[str, Any]] = {}
     readers: list[tuple[str, Callable[[], Any]]] = [
         (shm_name, lambda: shm_consumer(feed.prefix, **shm_reader_kwargs(shm_sleep_us)))
     ]
     if with_worker:
         readers.append(("wire_to_zmq_worker", lambda: zmq_consumer(feed.pub_endpoint)))
+    if worker_codes:
+        readers.append(
+            (
+                "wire_to_worker_shm_hook",
+                lambda: worker_consumer(feed.control_endpoint, worker_codes),
+            )
+        )
+        readers.append(
+            (
+                "wire_to_worker_shm_hook_polling_2ms",
+                lambda: worker_consumer(feed.control_endpoint, worker_codes, 0.002),
+            )
+        )
     sim.control.set_rate(rate / len(TYPES))
     try:
         for name, make in readers:
@@ -250,7 +267,12 @@ def feed_latency(
                 "latency_us": report["latency_us"],
                 **{
                     key: report[key]
-                    for key in ("wire_to_feed_recv_us", "feed_recv_to_reader_us")
+                    for key in (
+                        "wire_to_feed_recv_us",
+                        "feed_recv_to_reader_us",
+                        "cpu_seconds",
+                        "shm_wakeups",
+                    )
                     if key in report
                 },
                 "load_avg_1m": load,
@@ -607,7 +629,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if "mixed" in args.burst_sets and len(os.sched_getaffinity(0)) > 1:
                     one_core = one_core_burst(sim, feed, conn_id, bus, args.frames)
             feed_lat = {
-                str(int(r)): feed_latency(sim, feed, r, args.seconds, args.shm_sleep_us)
+                str(int(r)): feed_latency(
+                    sim, feed, r, args.seconds, args.shm_sleep_us, worker_codes=codes
+                )
                 for r in rates
             }
             rss_after = feed.rss_mb()

@@ -475,6 +475,18 @@ def shm_consumer(
     return Consumer([*argv, "--sleep-us", str(sleep_us)])
 
 
+def worker_consumer(
+    control_endpoint: str, codes: Sequence[str], shm_poll_s: float | None = None
+) -> Consumer:
+    """A :class:`workers.Worker` of ticker and orderbook timing its hooks; it looks at shm
+    when the feed writes, or every ``shm_poll_s`` seconds."""
+    argv = [sys.executable, "-m", "bench.consumers", "worker", "--control", control_endpoint]
+    argv += ["--codes", ",".join(codes)]
+    if shm_poll_s is not None:
+        argv += ["--shm-poll-s", str(shm_poll_s)]
+    return Consumer(argv)
+
+
 def zmq_consumer(endpoint: str, topic: str = "trade.") -> Consumer:
     return Consumer(
         [sys.executable, "-m", "bench.consumers", "zmq", "--endpoint", endpoint, "--topic", topic]

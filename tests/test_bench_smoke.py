@@ -86,6 +86,13 @@ def test_system_benchmarks_quick(tmp_path: Path) -> None:
     for path in ("floor_websocket_client_orjson", "wire_to_shm", "wire_to_zmq_worker"):
         _latency(entry[path]["latency_us"])
     assert entry["wire_to_shm"]["gaps"] == 0
+    # A workers.Worker's shm hooks, woken by the feed's writes and polling every 2 ms.
+    woken = entry["wire_to_worker_shm_hook"]
+    polling = entry["wire_to_worker_shm_hook_polling_2ms"]
+    for figures in (woken, polling):
+        _latency(figures["latency_us"])
+        assert _number(figures["cpu_seconds"])
+    assert woken["shm_wakeups"] > 0 and polling["shm_wakeups"] == 0
     for part in ("wire_to_feed_recv_us", "feed_recv_to_reader_us"):
         assert _number(entry["wire_to_shm"][part]["p99"])
     # The low-latency setup: a busy-polling feed pinned to a core of its own.
