@@ -703,6 +703,33 @@ def test_a_worker_looks_at_shm_when_the_feed_writes(feed, ctx, monkeypatch):
 
 
 @pytest.mark.timeout(60)
+def test_a_worker_whose_doorbell_fails_polls_shm_instead(feed, ctx, monkeypatch, caplog):
+    shm = pytest.importorskip("shm")
+    from shm import native
+
+    if native.wait_heads is None:
+        pytest.skip(f"shm readers cannot sleep here: {native.READER_STATUS}")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the sleep broke")
+
+    monkeypatch.setattr(shm, "wait_for_heads", broken)
+    prefix = f"upft-{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
+    writer = shm.TickerWriter(prefix, ["KRW-BTC"], capacity=64)
+    try:
+        feed.hello_info["shm_prefix"] = prefix
+        watcher = TickerWatcher(["KRW-BTC"], control_endpoint=feed.server.endpoint, context=ctx)
+        with RunningWorker(watcher):
+            wait_until(lambda: watcher._readers and watcher._doorbell is None, what="fallback")
+            writer.write_ticker(_ticker(1), 1)
+            wait_until(lambda: watcher.seen == [1], what="the record, polled")
+        assert "event=shm_doorbell_failed" in caplog.text
+        assert "reason=doorbell_failed" in caplog.text
+    finally:
+        writer.close()
+
+
+@pytest.mark.timeout(60)
 def test_a_worker_with_a_shm_poll_interval_polls(feed, ctx):
     shm = pytest.importorskip("shm")
     prefix = f"upft-{os.getpid()}-{time.monotonic_ns() % 1_000_000}"

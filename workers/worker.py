@@ -126,15 +126,20 @@ class _ShmDoorbell:
     """A thread that sleeps on the shm rings' heads and makes an eventfd readable when a
     head moves, so that one poll of the bus also wakes for shm. It has readers of its
     own (a reader serves one thread) and rings once per :meth:`answer`: a busy ring
-    wakes the worker once per look, not once per record."""
+    wakes the worker once per look, not once per record. It rings once at the start,
+    for what was written before it first looked at the heads."""
 
     def __init__(self, readers: list[Any], wait_for_heads: Callable[..., list[int]]) -> None:
         self._readers = readers
         self._wait_for_heads = wait_for_heads
-        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.fd = os.eventfd(1, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._answered = threading.Event()
-        self._answered.set()
         self._stop = threading.Event()
+        # The thread may outlive close() by a slice; whoever is last closes the fd, so
+        # that a late ring never writes into a descriptor number reused meanwhile.
+        self._fd_lock = threading.Lock()
+        self._close_fd_at_exit = False
+        self.failed = False
         self.rings = 0
         self._thread = threading.Thread(target=self._run, name="shm-doorbell", daemon=True)
         self._thread.start()
@@ -161,9 +166,17 @@ class _ShmDoorbell:
                     cursors = heads
                     self._answered.clear()
                     os.eventfd_write(self.fd, 1)
+        except Exception:
+            # The worker sees the flag at the ring below and polls shm from then on.
+            log.exception("event=shm_doorbell_failed")
+            self.failed = True
+            os.eventfd_write(self.fd, 1)
         finally:
             for reader in self._readers:
                 reader.close()
+            with self._fd_lock:
+                if self._close_fd_at_exit:
+                    os.close(self.fd)
 
     def answer(self) -> bool:
         """Take the ring (the worker is about to look at shm); False if there was none."""
@@ -179,7 +192,11 @@ class _ShmDoorbell:
         self._stop.set()
         self._answered.set()
         self._thread.join(_DOORBELL_SLICE_S * 4)
-        os.close(self.fd)
+        with self._fd_lock:
+            if self._thread.is_alive():
+                self._close_fd_at_exit = True
+            else:
+                os.close(self.fd)
 
 
 class Worker:
@@ -246,6 +263,7 @@ class Worker:
         self.seq_resets = 0
         self.decode_errors = 0
         self.shm_overruns = 0
+        self._shm_wakeups_closed = 0
         self.shm_writer_alive: dict[str, bool] = {}
 
         self._control: ControlClient | None = None
@@ -307,12 +325,6 @@ class Worker:
             renew_every = self.lease_s / 3
             next_renew = started + renew_every
             next_timer = started + self.timer_interval_s
-            poll_ms = _IDLE_POLL_MS
-            if self._readers and self._doorbell is None:
-                interval = self._shm_poll_interval_s
-                if interval is None:
-                    interval = _FALLBACK_SHM_POLL_S
-                poll_ms = max(1, int(interval * 1000))
             while not stop.is_set():
                 now = self._clock()
                 if deadline is not None and now >= deadline:
@@ -324,12 +336,22 @@ class Worker:
                 if self.timer_interval_s > 0 and now >= next_timer:
                     self.on_timer()
                     next_timer = now + self.timer_interval_s
-                self.poll(poll_ms)
+                self.poll(self._poll_ms())
         finally:
             try:
                 self.on_stop()
             finally:
                 self.close()
+
+    def _poll_ms(self) -> int:
+        """How long one poll of the bus may wait: until the next look at shm if it is
+        polled, else the idle wait (the doorbell or a bus message ends it sooner)."""
+        if not self._readers or self._doorbell is not None:
+            return _IDLE_POLL_MS
+        interval = self._shm_poll_interval_s
+        if interval is None:
+            interval = _FALLBACK_SHM_POLL_S
+        return max(1, int(interval * 1000))
 
     def poll(self, timeout_ms: int) -> int:
         """Handle what is ready on the bus (waiting up to ``timeout_ms``) and in shm."""
@@ -337,8 +359,14 @@ class Worker:
         sub = self._sub
         if self._poller is not None:
             ready = dict(self._poller.poll(timeout_ms))
-            if self._doorbell is not None and self._doorbell.fd in ready:
-                self._doorbell.answer()
+            doorbell = self._doorbell
+            if doorbell is not None and doorbell.fd in ready:
+                doorbell.answer()
+                if doorbell.failed:
+                    self._stop_doorbell()
+                    log.warning(
+                        "event=shm_polled worker_id=%s reason=doorbell_failed", self.worker_id
+                    )
             bus_ready = sub is not None and sub in ready
         else:
             bus_ready = sub is not None and bool(sub.poll(timeout_ms, zmq.POLLIN))
@@ -528,10 +556,18 @@ class Worker:
         poller.register(self._doorbell.fd, zmq.POLLIN)
         self._poller = poller
 
+    def _stop_doorbell(self) -> None:
+        self._poller = None
+        doorbell, self._doorbell = self._doorbell, None
+        if doorbell is not None:
+            self._shm_wakeups_closed += doorbell.rings
+            doorbell.close()
+
     @property
     def shm_wakeups(self) -> int:
-        """How often a write to the shm rings woke this worker (0 while it polls them)."""
-        return 0 if self._doorbell is None else self._doorbell.rings
+        """How often a write to the shm rings woke this worker (none while it polls)."""
+        rings = self._shm_wakeups_closed
+        return rings if self._doorbell is None else rings + self._doorbell.rings
 
     def _poll_shm(self, kind: str, reader: ShmReader) -> int:
         hook = self.on_ticker if kind == "ticker" else self.on_orderbook
@@ -608,10 +644,7 @@ class Worker:
                 self._control.unregister(self.worker_id)
             except (ControlTimeout, ControlRequestError) as exc:
                 log.warning("event=unregister_failed worker_id=%s error=%s", self.worker_id, exc)
-        self._poller = None
-        if self._doorbell is not None:
-            self._doorbell.close()
-            self._doorbell = None
+        self._stop_doorbell()
         if self._sub is not None:
             self._sub.close(0)
             self._sub = None
