@@ -1020,6 +1020,17 @@ parse_json_store_args(PyObject *const *args, Py_ssize_t nargs, StoreArgs *a, Py_
     return PyObject_GetBuffer(args[5], payload, PyBUF_SIMPLE) == 0;
 }
 
+/* A JSON store's step after json_target (-1 error, 0 frame not taken, 1 code found):
+ * -1 to raise, 0 to return False, 1 to store a record of record_size at its target. */
+static int
+json_store_go(int target, const StoreArgs *a, Py_ssize_t record_size)
+{
+    if (target <= 0) {
+        return target;
+    }
+    return target_in_segment(a, record_size) ? 1 : -1;
+}
+
 /* The stream type's code: of its name, or of None (null or absent). */
 static int
 stream_type_code(const char *text, Py_ssize_t n, long *code)
@@ -1050,14 +1061,9 @@ store_orderbook_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         target = json_target(book.code, book.code_len, args[4], &a);
     }
     PyBuffer_Release(&payload);
-    if (target < 0) {
-        return NULL;
-    }
-    if (target == 0) {
-        Py_RETURN_FALSE;
-    }
-    if (!target_in_segment(&a, ORDERBOOK_RECORD_SIZE)) {
-        return NULL;
+    int go = json_store_go(target, &a, ORDERBOOK_RECORD_SIZE);
+    if (go <= 0) {
+        return go < 0 ? NULL : Py_NewRef(Py_False);
     }
     uint8_t rec[ORDERBOOK_RECORD_SIZE];
     memset(rec, 0, sizeof rec);
@@ -1225,14 +1231,9 @@ store_ticker_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int target = json_ticker(&j, &ticker) ? json_target(ticker.code, ticker.code_len, args[4], &a)
                                           : 0;
     PyBuffer_Release(&payload);
-    if (target < 0) {
-        return NULL;
-    }
-    if (target == 0) {
-        Py_RETURN_FALSE;
-    }
-    if (!target_in_segment(&a, TICKER_RECORD_SIZE)) {
-        return NULL;
+    int go = json_store_go(target, &a, TICKER_RECORD_SIZE);
+    if (go <= 0) {
+        return go < 0 ? NULL : Py_NewRef(Py_False);
     }
     uint8_t rec[TICKER_RECORD_SIZE];
     memset(rec, 0, sizeof rec);
