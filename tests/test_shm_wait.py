@@ -7,12 +7,14 @@ a wake-up the writer failed to give shows as a wait that ran to its timeout.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import multiprocessing
 import signal
 import threading
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
@@ -151,39 +153,68 @@ def test_closing_the_writer_wakes_a_sleeping_reader(prefix: str) -> None:
             successor.close()
 
 
+@contextlib.contextmanager
+def _paced_writer(
+    prefix: str,
+    kinds: list[str],
+    count: int,
+    max_pause_us: float,
+    native: bool,
+    acknowledged: object = None,
+    burst: int = 1,
+) -> Iterator[SimpleNamespace]:
+    """A child process running H.paced_writer_main: ``process``, ``results``, ``go`` and
+    ``release``; on the way out a living child is let go and joined, and killed if it
+    still runs."""
+    child = SimpleNamespace(results=SPAWN.Queue(), go=SPAWN.Event(), release=SPAWN.Event())
+    child.process = SPAWN.Process(
+        target=H.paced_writer_main,
+        args=(
+            *(prefix, kinds, count, max_pause_us, native),
+            *(child.results, child.go, child.release, acknowledged, burst),
+        ),
+    )
+    child.process.start()
+    try:
+        yield child
+    finally:
+        # A child killed inside its wait on an event can leave that event's lock held
+        # (multiprocessing documents this): a dead child's events are left alone.
+        if child.process.is_alive():
+            child.go.set()
+            child.release.set()
+            child.process.join(20)
+        H.kill_hard(child.process)
+
+
 @pytest.mark.timeout(90)
 def test_a_reader_asleep_on_a_dead_writer_follows_its_successor(prefix: str) -> None:
-    results, go = SPAWN.Queue(), SPAWN.Event()
-    victim = SPAWN.Process(
-        target=H.paced_writer_main,
-        args=(prefix, ["ticker"], 1, 0.0, True, results, go, go),
-    )
-    victim.start()
     successor = None
-    try:
-        assert H.get(results)[0] == "ready"
-        reader = shm.attach(prefix, "ticker", timeout=10)
-        with reader:
-            first_generation = reader.generation
+    with _paced_writer(prefix, ["ticker"], 1, 0.0, True) as victim:
+        try:
+            assert H.get(victim.results)[0] == "ready"
+            reader = shm.attach(prefix, "ticker", timeout=10)
+            with reader:
+                first_generation = reader.generation
 
-            def replace() -> None:
-                nonlocal successor
-                H.kill_hard(victim)
-                # Replacing the dead writer's segment marks it superseded and wakes its
-                # sleepers; they follow and sleep on the new one, which the write wakes.
-                fresh = shm.TickerWriter(prefix, ["KRW-BTC"], capacity=64)
-                successor = fresh
-                _when_asleep(fresh, lambda: fresh.write(H.make_ticker("KRW-BTC", 1, 0), 0))
+                def replace() -> None:
+                    nonlocal successor
+                    H.kill_hard(victim.process)
+                    # Replacing the dead writer's segment marks it superseded and wakes
+                    # its sleepers; they follow and sleep on the new one, which the write
+                    # wakes.
+                    fresh = shm.TickerWriter(prefix, ["KRW-BTC"], capacity=64)
+                    successor = fresh
+                    _when_asleep(fresh, lambda: fresh.write(H.make_ticker("KRW-BTC", 1, 0), 0))
 
-            _when_asleep_on(reader._live().q, replace)
-            started = time.monotonic()
-            head = reader.wait_for_head(0, timeout=WAIT)
-            assert head == 1 and reader.generation != first_generation
-            assert time.monotonic() - started < WAIT / 2, "woken by the timeout"
-    finally:
-        H.kill_hard(victim)
-        if successor is not None:
-            successor.close()
+                _when_asleep_on(reader._live().q, replace)
+                started = time.monotonic()
+                head = reader.wait_for_head(0, timeout=WAIT)
+                assert head == 1 and reader.generation != first_generation
+                assert time.monotonic() - started < WAIT / 2, "woken by the timeout"
+        finally:
+            if successor is not None:
+                successor.close()
 
 
 @pytest.mark.timeout(90)
@@ -256,57 +287,37 @@ def test_no_wake_up_is_lost_across_processes(prefix: str, kinds: list[str], burs
     # burst the reader is awake for most records, so the writer's wakes find nobody and
     # it stops waking (WAKE_MISSES); the reader's clear on its way to sleep must undo that.
     total = 3000 if burst == 1 else 200 * burst
-    results, go, release = SPAWN.Queue(), SPAWN.Event(), SPAWN.Event()
     acknowledged = SPAWN.Value("Q", 0, lock=False)
-    writer = SPAWN.Process(
-        target=H.paced_writer_main,
-        args=(prefix, kinds, total, 30.0, True, results, go, release, acknowledged, burst),
-    )
-    writer.start()
-    try:
-        assert H.get(results) == ("ready", [1] * len(kinds))
+    with _paced_writer(prefix, kinds, total, 30.0, True, acknowledged, burst) as writer:
+        assert H.get(writer.results) == ("ready", [1] * len(kinds))
         readers = [shm.attach(prefix, kind, timeout=10) for kind in kinds]
         try:
-            go.set()
+            writer.go.set()
             seen, heads, sleeps = _read_all(readers, total, acknowledged)
             assert seen == total
-            assert H.get(results) == ("done", heads)
+            assert H.get(writer.results) == ("done", heads)
             # Each sleep ended because a head moved, not by its timeout (WAIT) nor by a
             # close (the writer closes only after release).
             assert max(sleeps) < WAIT / 2, f"a sleep lasted {max(sleeps):.1f} s"
             assert len(sleeps) > total // burst // 10, f"the reader slept {len(sleeps)} times"
             assert all(_words(r)[L.H_WAITERS] == 0 for r in readers)
         finally:
-            release.set()
+            writer.release.set()
             for reader in readers:
                 reader.close()
-        writer.join(20)
-        assert writer.exitcode == 0
-    finally:
-        release.set()
-        writer.join(20)
-        H.kill_hard(writer)
+        writer.process.join(20)
+        assert writer.process.exitcode == 0
 
 
 @pytest.mark.timeout(60)
 def test_readers_poll_a_writer_that_does_not_wake_them(prefix: str) -> None:
-    results, go, release = SPAWN.Queue(), SPAWN.Event(), SPAWN.Event()
-    writer = SPAWN.Process(
-        target=H.paced_writer_main,
-        args=(prefix, ["ticker"], 200, 200.0, False, results, go, release),
-    )
-    writer.start()
-    try:
-        assert H.get(results) == ("ready", [0])
+    with _paced_writer(prefix, ["ticker"], 200, 200.0, False) as writer:
+        assert H.get(writer.results) == ("ready", [0])
         with shm.attach(prefix, "ticker", timeout=10) as reader:
-            go.set()
+            writer.go.set()
             seen, heads, sleeps = _read_all([reader], 200)
             assert seen == 200 and sleeps == []
-            assert H.get(results) == ("done", heads)
-    finally:
-        release.set()
-        writer.join(20)
-        H.kill_hard(writer)
+            assert H.get(writer.results) == ("done", heads)
 
 
 @pytest.mark.timeout(60)
