@@ -28,6 +28,7 @@ from feedhandler.metrics import OpsStartError, addons_from_settings
 from feedhandler.publisher import BusConfigError
 from feedhandler.record import RecordingError
 from feedhandler.top import exit_code, format_segments, format_status, run_top
+from shm import ShmError
 
 EXIT_DOWN = 2
 
@@ -72,7 +73,8 @@ def _run_feed(args: argparse.Namespace, record: str | None, duration: float | No
         run_until_stopped(feed, wait)
     except StartupAborted:
         return 0
-    except OpsStartError as exc:
+    except (OpsStartError, ShmError) as exc:
+        # A segment held by another live feed, or no room for one in /dev/shm.
         log.error("event=feed_start_failed error=%r", str(exc))
         return EXIT_DOWN
     return 0

@@ -19,6 +19,22 @@ class SegmentOwnedError(ShmError):
         self.pid = pid
 
 
+class SegmentSpaceError(ShmError):
+    """The segment's memory cannot be reserved: /dev/shm has no room for it (or the
+    process's file size limit forbids it). Raised when the writer creates the segment,
+    instead of a SIGBUS on some later write."""
+
+    def __init__(self, name: str, size: int, free: int | None, reason: str) -> None:
+        room = "" if free is None else f", {free} bytes free"
+        super().__init__(
+            f"shm segment {name!r} needs {size} bytes, which cannot be reserved "
+            f"({reason}{room}); lower the ring capacity or free space in /dev/shm"
+        )
+        self.name = name
+        self.size = size
+        self.free = free
+
+
 class SegmentNotFoundError(ShmError, TimeoutError):
     """No usable segment appeared under the name within the reader's timeout."""
 

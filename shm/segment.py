@@ -12,6 +12,13 @@ so a lock that can be taken marks a stale segment, without trusting pids that th
 may have reused. A new segment is fully built under a temporary name, locked, and only
 then published under its real name (``link`` when the name is free, atomic ``rename``
 over a stale one), so no reader ever maps a half-initialised header.
+
+The writer reserves all of a segment's memory when it creates it (``posix_fallocate``):
+a /dev/shm without room for it fails the start with :class:`SegmentSpaceError`, where a
+sparse file would let the writer die of SIGBUS at the first write into a page tmpfs cannot
+supply. Writer and readers map with ``MAP_POPULATE``, so no record write or read pays the
+page fault of a first touch (about 3.5 us for the writer, 2 us for a reader here): the
+first lap round a ring is as fast as the later ones.
 """
 
 from __future__ import annotations
@@ -30,9 +37,10 @@ import numpy as np
 
 from shm import layout as L
 from shm import native as _native
-from shm.errors import LayoutMismatchError, SegmentOwnedError
+from shm.errors import LayoutMismatchError, SegmentOwnedError, SegmentSpaceError
 
 SHM_DIR = "/dev/shm"
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 SEGMENT_MODE = 0o600
 _NAME_MAX = 200
 
@@ -354,8 +362,9 @@ def _build(
     try:
         os.fchmod(fd, SEGMENT_MODE)
         os.ftruncate(fd, geometry.total_size)
+        _reserve(fd, name, geometry.total_size)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        buf = mmap.mmap(fd, geometry.total_size)
+        buf = mmap.mmap(fd, geometry.total_size, flags=_MAP_FLAGS)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
@@ -377,6 +386,25 @@ def _build(
         os.unlink(tmp_path)
         raise
     return segment
+
+
+def _reserve(fd: int, name: str, size: int) -> None:
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            return  # a file system that cannot reserve: the file stays sparse
+        if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise
+        raise SegmentSpaceError(name, size, _free_bytes(fd), os.strerror(exc.errno)) from exc
+
+
+def _free_bytes(fd: int) -> int | None:
+    try:
+        stat = os.fstatvfs(fd)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
 
 
 def _initialise(
@@ -434,7 +462,7 @@ def open_readonly(path: str) -> tuple[mmap.mmap, int] | None:
         if stat.st_size == 0:
             return None
         try:
-            buf = mmap.mmap(fd, stat.st_size, prot=mmap.PROT_READ)
+            buf = mmap.mmap(fd, stat.st_size, flags=_MAP_FLAGS, prot=mmap.PROT_READ)
         except OSError as exc:
             if exc.errno == errno.EINVAL:
                 return None

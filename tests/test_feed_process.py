@@ -236,3 +236,49 @@ def test_private_types_without_keys_exit_2_with_one_clear_line(tmp_path: Path):
     assert "myAsset" in lines[0] and "UPBIT_ACCESS_KEY" in lines[0]
     assert str(config) in lines[0]
     assert b"Traceback" not in proc.stderr
+
+
+def _start_failure(harness) -> tuple[int, str]:
+    proc = start_feed(harness, {})
+    try:
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
+    return proc.returncode, out.decode(errors="replace")
+
+
+def test_a_prefix_held_by_a_live_feed_exits_2_and_leaves_its_segments_alone(feed_harness):
+    with Simulator(markets=2, rate=20.0) as sim:
+        harness = feed_harness(sim, {"subscriptions": [{"type": "ticker", "codes": "all"}]})
+        with shm.TickerWriter(harness.prefix, ["KRW-BTC"], capacity=16) as holder:
+            code, out = _start_failure(harness)
+            assert code == 2, out[-2000:]
+            assert "event=feed_start_failed" in out and f"pid {os.getpid()}" in out
+            assert "Traceback" not in out
+            assert holder.head == 0
+            reader = shm.attach(harness.prefix, "ticker", timeout=1)
+            assert reader.writer_pid == os.getpid() and reader.writer_alive
+            reader.close()
+        assert not (SHM_DIR / f"{harness.prefix}.orderbook").exists()
+
+
+def test_rings_dev_shm_has_no_room_for_exit_2_at_start_and_leave_nothing(feed_harness):
+    fs = os.statvfs(shm.SHM_DIR)
+    capacity = 16
+    while capacity * shm.ORDERBOOK_DTYPE.itemsize <= fs.f_blocks * fs.f_frsize:
+        capacity *= 2
+    with Simulator(markets=2, rate=20.0) as sim:
+        harness = feed_harness(
+            sim,
+            {
+                "subscriptions": [{"type": "orderbook", "codes": "all"}],
+                "shm": {"orderbook_capacity": capacity},
+            },
+        )
+        code, out = _start_failure(harness)
+    assert code == 2, out[-2000:]
+    assert "event=feed_start_failed" in out and f"{harness.prefix}.orderbook" in out
+    assert "cannot be reserved" in out and "Traceback" not in out
+    assert list(SHM_DIR.glob(f"{harness.prefix}.*")) == []

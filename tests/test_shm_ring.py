@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import math
+import mmap
 import os
 import stat
 
@@ -496,3 +497,52 @@ def test_reading_the_dtype_description_leaves_the_collector_as_it_was() -> None:
         finally:
             gc.enable()
     assert L.dtype_from_descr_text(text) is L.dtype_from_descr_text(text)  # parsed once
+
+
+def _resident_bytes_of(path: str) -> list[int]:
+    """Rss of each of this process's mappings of the file at ``path`` (by inode: the
+    writer maps the file under its temporary name)."""
+    inode = str(os.stat(path).st_ino)
+    resident, mapping_of_path = [], False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:
+                mapping_of_path = fields[4] == inode
+            elif mapping_of_path and fields[0] == "Rss:":
+                resident.append(int(fields[1]) * 1024)
+    return resident
+
+
+def test_segment_memory_is_reserved_and_mapped_before_the_first_write(prefix: str) -> None:
+    capacity = 4096
+    with shm.TickerWriter(prefix, CODES, capacity=capacity) as writer:
+        path = shm.segment_path(shm.segment_name(prefix, "ticker"))
+        size = os.stat(path).st_size
+        assert size > capacity * L.TICKER_DTYPE.itemsize
+        pages = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+        # Allocated on tmpfs, not a sparse file that a full /dev/shm turns into SIGBUS.
+        assert os.stat(path).st_blocks * 512 >= size
+        assert _resident_bytes_of(path) == [pages], "the writer's first lap must not fault"
+        reader = shm.attach(prefix, "ticker", timeout=1)
+        try:
+            assert _resident_bytes_of(path) == [pages, pages]
+            writer.write_ticker(docs_ticker(), recv_ns=1)
+            assert reader.latest("KRW-BTC")["feed_seq"] == 1
+        finally:
+            reader.close()
+
+
+def test_segment_without_room_in_dev_shm_is_refused_at_creation(prefix: str) -> None:
+    fs = os.statvfs(shm.SHM_DIR)
+    room = fs.f_blocks * fs.f_frsize
+    capacity = 16
+    while capacity * L.TICKER_DTYPE.itemsize <= room:
+        capacity *= 2
+    with pytest.raises(shm.SegmentSpaceError, match=f"{prefix}.ticker") as info:
+        shm.TickerWriter(prefix, CODES, capacity=capacity)
+    assert info.value.size > room and "/dev/shm" in str(info.value)
+    assert H.leftover_segments(prefix) == [], "the half-built segment must be removed"
+    with shm.TickerWriter(prefix, CODES, capacity=16) as writer:
+        writer.write_ticker(docs_ticker(), recv_ns=1)
+        assert writer.head == 1
