@@ -29,6 +29,12 @@ Latency (scenario 2)
     (``--busy-poll-us``, ``connection.busy_poll_us``) pinned to a core of its own, with
     the cores it used, read by a polling shm reader and by a sleeping one.
 
+Machine quietness, before and after (``cpu_interruptions_before`` / ``_after``):
+    one spinning process pinned to each core, 2 s; per core, how often and for how long
+    something else took the core (``harness.cpu_interruptions``). With every core busy,
+    as in the low-latency setup, such an interruption lands on the feed or its reader;
+    a run whose figures differ from the last ones says here whether the machine did.
+
 Stages ("where the time goes"), in this process on the same kind of frames:
     frame parse (FrameParser over in-memory bytes), HotDecoder.decode, shm
     write_ticker / write_orderbook, trade_to_json + Publisher.publish, and the whole
@@ -58,6 +64,7 @@ from bench.harness import (
     BenchError,
     FeedRun,
     SimProcess,
+    cpu_interruptions,
     emit,
     feed_config,
     floor_consumer,
@@ -595,6 +602,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bench": "feed",
         "mode": "quick" if args.quick else "default",
         "machine_before": machine_info(),
+        "cpu_interruptions_before": cpu_interruptions(0.5 if args.quick else 2.0),
         "settings": {
             "frames_per_burst": args.frames,
             "markets": args.markets,
@@ -674,6 +682,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
     result["goals"] = goals(result)
     result["machine_after"] = {"load_avg": machine_info()["load_avg"]}
+    result["cpu_interruptions_after"] = cpu_interruptions(0.5 if args.quick else 2.0)
     return result
 
 

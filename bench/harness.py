@@ -7,6 +7,7 @@ separate OS processes (clocks on one host), so what is measured is what a user r
 * :class:`FeedRun`: ``python -m feedhandler run --config`` with a generated YAML, a
   unique shm prefix and a private ipc directory; ``control`` talks to it;
 * :func:`machine_info`: cores, CPU model, Python, package versions, load average;
+* :func:`cpu_interruptions`: what other tasks take from a thread that never sleeps;
 * :func:`percentiles`: p50 / p99 / p99.9 / max of a sample (microseconds);
 * :func:`write_result`: one JSON file per scenario under ``bench/results/``.
 """
@@ -92,8 +93,80 @@ def machine_info() -> dict[str, Any]:
         "packages": package_versions(),
         "load_avg": [round(x, 2) for x in os.getloadavg()],
         "cpu_percent_1s": psutil.cpu_percent(interval=1.0),
+        "damon_monitors": _damon(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+_SPIN_SOURCE = """
+import json, os, sys, time
+cpu, seconds, threshold_ns = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+os.sched_setaffinity(0, {cpu})
+clock = time.perf_counter_ns
+start = last = clock()
+end = start + int(seconds * 1e9)
+gaps = []
+while last < end:
+    now = clock()
+    if now - last >= threshold_ns:
+        gaps.append(now - last)
+    last = now
+print(json.dumps({"gaps_ns": gaps, "seconds": (last - start) / 1e9}))
+"""
+
+
+def cpu_interruptions(seconds: float = 2.0, threshold_us: float = 200.0) -> dict[str, Any]:
+    """What other tasks (kernel threads, the VM's host) take from a thread that never
+    sleeps, with every core busy at once, as in the low-latency setup: one spinning
+    process pinned to each core; per core, the interruptions of ``threshold_us`` or more
+    per second, the milliseconds per second they took and the longest. A quiet machine
+    shows none; each one delays whatever the feed receives meanwhile."""
+    cpus = sorted(os.sched_getaffinity(0))
+    spinners = {
+        cpu: subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _SPIN_SOURCE,
+                str(cpu),
+                str(seconds),
+                str(int(threshold_us * 1e3)),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for cpu in cpus
+    }
+    per_core: dict[str, Any] = {}
+    for cpu, process in spinners.items():
+        out, _ = process.communicate(timeout=seconds + START_TIMEOUT)
+        report = json.loads(out)
+        gaps_us = np.asarray(report["gaps_ns"], dtype=np.float64) / 1e3
+        span = report["seconds"] or seconds
+        per_core[str(cpu)] = {
+            "per_s": round(gaps_us.size / span, 1),
+            "ms_per_s": round(float(gaps_us.sum()) / 1e3 / span, 2),
+            "longest_us": round(float(gaps_us.max()), 1) if gaps_us.size else 0.0,
+        }
+    return {"seconds": seconds, "threshold_us": threshold_us, "per_core": per_core}
+
+
+def _damon() -> list[dict[str, Any]]:
+    """Running DAMON monitors (``kdamond``): on the VMs seen here one samples memory
+    every 0.5 s and runs about 1 ms each time, which shows as a millisecond tail."""
+    found = []
+    for state in sorted(Path("/sys/kernel/mm/damon/admin/kdamonds").glob("*/state")):
+        with contextlib.suppress(OSError, ValueError):
+            if state.read_text().strip() != "on":
+                continue
+            intervals = state.parent / "contexts" / "0" / "monitoring_attrs" / "intervals"
+            found.append(
+                {
+                    "operations": (state.parent / "contexts/0/operations").read_text().strip(),
+                    "sample_us": int((intervals / "sample_us").read_text()),
+                }
+            )
+    return found
 
 
 def percentiles(values_us: Sequence[float] | np.ndarray) -> dict[str, float]:

@@ -56,6 +56,18 @@ def _machine(machine: dict[str, Any]) -> None:
     assert machine["python"].count(".") == 2
     assert machine["packages"]["pyzmq"]
     assert len(machine["load_avg"]) == 3
+    assert isinstance(machine["damon_monitors"], list)
+
+
+def _interruptions(report: dict[str, Any]) -> None:
+    cores = report["per_core"]
+    assert set(cores) == {str(cpu) for cpu in os.sched_getaffinity(0)}
+    for core in cores.values():
+        assert _number(core["per_s"]) and _number(core["ms_per_s"])
+        if core["per_s"]:  # every one counted lasted at least the threshold
+            assert core["longest_us"] >= report["threshold_us"]
+        else:
+            assert core["ms_per_s"] == core["longest_us"] == 0
 
 
 def test_system_benchmarks_quick(tmp_path: Path) -> None:
@@ -66,6 +78,8 @@ def test_system_benchmarks_quick(tmp_path: Path) -> None:
         "feed", tmp_path, "--frames", str(frames), "--sets", "mixed", "--seconds", "0.8"
     )
     _machine(feed["machine_before"])
+    _interruptions(feed["cpu_interruptions_before"])
+    _interruptions(feed["cpu_interruptions_after"])
     for name in ("mixed",):
         run = feed["throughput"][name]
         # Everything the simulator wrote was routed: ticker/orderbook into shm, trades
