@@ -42,7 +42,7 @@ from shm.layout import (
     TICKER_DTYPE,
     TRADING_SUSPENDED,
 )
-from shm.reader import SnapshotReader, attach, wait_for_heads
+from shm.reader import SnapshotReader, attach, ring_on_heads, wait_for_heads
 from shm.segment import SHM_DIR, describe, segment_name, segment_path
 from shm.writer import OrderbookWriter, SnapshotWriter, TickerWriter, create_writer
 
@@ -75,6 +75,7 @@ __all__ = [
     "attach",
     "create_writer",
     "describe",
+    "ring_on_heads",
     "segment_name",
     "segment_path",
     "wait_for_heads",

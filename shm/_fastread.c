@@ -12,11 +12,18 @@
  * wait_heads(headers, cursors, timeout, spin) sleeps until one of the segments' heads
  * differs from its cursor or the segment stops being live (see _notify.h), without
  * holding the GIL: a strategy waits for the next record without keeping a core busy.
+ *
+ * doorbell(...) runs a worker's shm doorbell (workers/worker.py) for a slice: answer,
+ * sleep on the heads, ring, over and over, without taking the GIL between rings, so the
+ * thread costs the worker's main thread no GIL hand-off per ring.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
+#include <poll.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <string.h>
 #include "_notify.h"
@@ -199,6 +206,65 @@ wait_loop(uint8_t *const *bases, const uint64_t *cursors, int n, int64_t deadlin
     return changed;
 }
 
+/* The headers' buffers (held: release with release_headers) and the cursors as C values;
+ * the number of segments, or -1 with an exception set. */
+static Py_ssize_t
+hold_headers(const char *fname, PyObject *header_arg, PyObject *cursor_arg, Py_buffer *views,
+             uint8_t **bases, uint64_t *cursors, int *held)
+{
+    *held = 0;
+    PyObject *headers = PySequence_Fast(header_arg, "headers must be a sequence");
+    if (headers == NULL) {
+        return -1;
+    }
+    PyObject *cursor_seq = PySequence_Fast(cursor_arg, "cursors must be a sequence");
+    if (cursor_seq == NULL) {
+        Py_DECREF(headers);
+        return -1;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(headers);
+    if (n < 1 || n > MAX_WAIT_SEGMENTS || PySequence_Fast_GET_SIZE(cursor_seq) != n) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: 1 to %d headers and as many cursors, got %zd and %zd", fname,
+                     MAX_WAIT_SEGMENTS, n, PySequence_Fast_GET_SIZE(cursor_seq));
+        n = -1;
+        goto done;
+    }
+    for (; *held < n; (*held)++) {
+        int i = *held;
+        cursors[i] = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(cursor_seq, i));
+        if (PyErr_Occurred()) {
+            n = -1;
+            goto done;
+        }
+        PyObject *header = PySequence_Fast_GET_ITEM(headers, i);
+        if (PyObject_GetBuffer(header, &views[i], PyBUF_WRITABLE) < 0) {
+            n = -1;
+            goto done;
+        }
+        if (views[i].len < NOTIFY_HEADER_SIZE || (uintptr_t)views[i].buf % 8) {
+            PyBuffer_Release(&views[i]);
+            PyErr_Format(PyExc_ValueError, "%s: a header must be %d aligned bytes, got %zd",
+                         fname, NOTIFY_HEADER_SIZE, views[i].len);
+            n = -1;
+            goto done;
+        }
+        bases[i] = views[i].buf;
+    }
+done:
+    Py_DECREF(cursor_seq);
+    Py_DECREF(headers);
+    return n;
+}
+
+static void
+release_headers(Py_buffer *views, int held)
+{
+    for (int i = 0; i < held; i++) {
+        PyBuffer_Release(&views[i]);
+    }
+}
+
 static PyObject *
 wait_heads(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -215,44 +281,14 @@ wait_heads(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "wait_heads: timeout and spin must be >= 0");
         return NULL;
     }
-    PyObject *headers = PySequence_Fast(args[0], "wait_heads: headers must be a sequence");
-    if (headers == NULL) {
-        return NULL;
-    }
-    PyObject *cursor_seq = PySequence_Fast(args[1], "wait_heads: cursors must be a sequence");
-    if (cursor_seq == NULL) {
-        Py_DECREF(headers);
-        return NULL;
-    }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(headers);
-    PyObject *result = NULL;
     Py_buffer views[MAX_WAIT_SEGMENTS];
     uint8_t *bases[MAX_WAIT_SEGMENTS];
     uint64_t cursors[MAX_WAIT_SEGMENTS];
-    int held = 0;
-    if (n < 1 || n > MAX_WAIT_SEGMENTS || PySequence_Fast_GET_SIZE(cursor_seq) != n) {
-        PyErr_Format(PyExc_ValueError,
-                     "wait_heads: 1 to %d headers and as many cursors, got %zd and %zd",
-                     MAX_WAIT_SEGMENTS, n, PySequence_Fast_GET_SIZE(cursor_seq));
+    int held;
+    Py_ssize_t n = hold_headers("wait_heads", args[0], args[1], views, bases, cursors, &held);
+    PyObject *result = NULL;
+    if (n < 0) {
         goto done;
-    }
-    for (; held < n; held++) {
-        cursors[held] = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(cursor_seq, held));
-        if (PyErr_Occurred()) {
-            goto done;
-        }
-        PyObject *header = PySequence_Fast_GET_ITEM(headers, held);
-        if (PyObject_GetBuffer(header, &views[held], PyBUF_WRITABLE) < 0) {
-            goto done;
-        }
-        if (views[held].len < NOTIFY_HEADER_SIZE || (uintptr_t)views[held].buf % 8) {
-            PyBuffer_Release(&views[held]);
-            PyErr_Format(PyExc_ValueError,
-                         "wait_heads: a header must be %d aligned bytes, got %zd",
-                         NOTIFY_HEADER_SIZE, views[held].len);
-            goto done;
-        }
-        bases[held] = views[held].buf;
     }
     int64_t start = monotonic_ns();
     int64_t deadline = start + (int64_t)(fmin(timeout, 1e9) * 1e9);
@@ -278,11 +314,144 @@ wait_heads(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     result = PyLong_FromLong(changed);
 done:
-    for (int i = 0; i < held; i++) {
-        PyBuffer_Release(&views[i]);
+    release_headers(views, held);
+    return result;
+}
+
+/* ---------------------------------------------------------------------- doorbell */
+
+/* Waits (GIL released) until answer_fd is readable and takes what it holds; 1 when
+ * answered, 0 at the deadline, -1 with *error set. */
+static int
+wait_answer(int answer_fd, int64_t deadline_ns, int *error)
+{
+    int64_t left = deadline_ns - monotonic_ns();
+    if (left <= 0) {
+        return 0;
     }
-    Py_DECREF(cursor_seq);
-    Py_DECREF(headers);
+    struct pollfd readable = {answer_fd, POLLIN, 0};
+    int rc = poll(&readable, 1, (int)((left + 999999) / 1000000));
+    if (rc < 0) {
+        *error = errno;
+        return -1;
+    }
+    if (rc == 0) {
+        return 0;
+    }
+    uint64_t count;
+    if (read(answer_fd, &count, sizeof count) < 0 && errno != EAGAIN) {
+        *error = errno;
+        return -1;
+    }
+    return 1;
+}
+
+/* The doorbell's cycles until the deadline: wait for the answer to the last ring, sleep
+ * on the heads, take the new heads as cursors and ring (write 1 to ring_fd). Returns
+ * early, 0, when a segment's state leaves live (the caller follows it) and -1 with
+ * *error set when a call fails (EINTR included); WAIT_UNSUPPORTED as wait_loop. */
+static int
+doorbell_loop(uint8_t *const *bases, uint64_t *cursors, int n, int *answered, int answer_fd,
+              int ring_fd, int64_t deadline_ns, int *error)
+{
+    for (;;) {
+        if (!*answered) {
+            int rc = wait_answer(answer_fd, deadline_ns, error);
+            if (rc <= 0) {
+                return rc;
+            }
+            *answered = 1;
+        }
+        int changed = wait_loop(bases, cursors, n, deadline_ns, 0, error);
+        if (changed == WAIT_UNSUPPORTED) {
+            return WAIT_UNSUPPORTED;
+        }
+        if (changed == WAIT_TIMED_OUT) {
+            return *error ? -1 : 0;
+        }
+        int moved = 0, left_live = 0;
+        for (int i = 0; i < n; i++) {
+            const uint64_t *words = (const uint64_t *)bases[i];
+            uint64_t head = __atomic_load_n(words + HEAD_WORD, __ATOMIC_ACQUIRE);
+            moved |= head != cursors[i];
+            cursors[i] = head;
+            left_live |= __atomic_load_n(words + STATE_WORD, __ATOMIC_ACQUIRE) != STATE_LIVE;
+        }
+        if (moved) {
+            uint64_t one = 1;
+            if (write(ring_fd, &one, sizeof one) < 0 && errno != EAGAIN) {
+                *error = errno;
+                return -1;
+            }
+            *answered = 0;
+        }
+        if (left_live) {
+            return 0;
+        }
+    }
+}
+
+static PyObject *
+doorbell(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "doorbell takes 6 arguments, got %zd", nargs);
+        return NULL;
+    }
+    int answered = PyObject_IsTrue(args[2]);
+    long answer_fd = PyLong_AsLong(args[3]);
+    long ring_fd = PyErr_Occurred() ? -1 : PyLong_AsLong(args[4]);
+    double timeout = PyErr_Occurred() ? -1.0 : PyFloat_AsDouble(args[5]);
+    if (answered < 0 || PyErr_Occurred()) {
+        return NULL;
+    }
+    if (answer_fd < 0 || answer_fd > INT_MAX || ring_fd < 0 || ring_fd > INT_MAX ||
+        !(timeout >= 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "doorbell: fds and timeout must be >= 0");
+        return NULL;
+    }
+    Py_buffer views[MAX_WAIT_SEGMENTS];
+    uint8_t *bases[MAX_WAIT_SEGMENTS];
+    uint64_t cursors[MAX_WAIT_SEGMENTS];
+    int held;
+    Py_ssize_t n = hold_headers("doorbell", args[0], args[1], views, bases, cursors, &held);
+    PyObject *result = NULL;
+    if (n < 0) {
+        goto done;
+    }
+    int64_t deadline = monotonic_ns() + (int64_t)(fmin(timeout, 1e9) * 1e9);
+    int rc, error = 0;
+    Py_BEGIN_ALLOW_THREADS
+    do {
+        error = 0;
+        rc = doorbell_loop(bases, cursors, (int)n, &answered, (int)answer_fd, (int)ring_fd,
+                           deadline, &error);
+    } while (rc == -1 && error == EINTR);
+    Py_END_ALLOW_THREADS
+    if (rc == -1) {
+        errno = error;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    if (rc == WAIT_UNSUPPORTED) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    PyObject *heads = PyList_New(n);
+    if (heads == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *head = PyLong_FromUnsignedLongLong(cursors[i]);
+        if (head == NULL) {
+            Py_DECREF(heads);
+            goto done;
+        }
+        PyList_SET_ITEM(heads, i, head);
+    }
+    result = Py_BuildValue("(NN)", PyBool_FromLong(answered), heads);
+done:
+    release_headers(views, held);
     return result;
 }
 
@@ -295,6 +464,12 @@ static PyMethodDef methods[] = {
      "seconds) until a segment's head differs from its cursor or its state is no longer "
      "live; the index of that segment, -1 on timeout, -2 if this kernel cannot wait on "
      "several segments at once. headers are writable mappings of the segments' headers."},
+    {"doorbell", (PyCFunction)(void (*)(void))doorbell, METH_FASTCALL,
+     "doorbell(headers, cursors, answered, answer_fd, ring_fd, timeout) -> (answered, "
+     "heads) or None: until timeout, or until a segment's state leaves live, wait for "
+     "answer_fd (unless answered), then for a head to move past its cursor, then write 1 "
+     "to ring_fd and take the heads as cursors; the GIL stays released throughout. None "
+     "if this kernel cannot wait on several segments at once."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -116,3 +116,12 @@ wait_heads: Callable[[object, object, float, float], int] | None = (
     None if _READER is None else _READER.wait_heads
 )
 MAX_WAIT_SEGMENTS: int = 0 if _READER is None else _READER.MAX_WAIT_SEGMENTS
+
+#: ``doorbell(headers, cursors, answered, answer_fd, ring_fd, timeout) -> (answered,
+#: heads) | None``: a shm doorbell's cycles for up to ``timeout`` s with the GIL released
+#: (wait for ``answer_fd`` unless answered, sleep on the heads, write 1 to ``ring_fd``),
+#: returning early when a segment's state leaves live; None when the kernel cannot sleep
+#: on several segments at once. None when the reader's C helpers are not built.
+doorbell: (
+    Callable[[object, object, bool, int, int, float], tuple[bool, list[int]] | None] | None
+) = None if _READER is None else _READER.doorbell

@@ -597,6 +597,39 @@ def wait_for_heads(
                     return [q[_HEAD] for q in words]
 
 
+def ring_on_heads(
+    readers: Sequence[SnapshotReader],
+    cursors: Sequence[int],
+    answered: bool,
+    answer_fd: int,
+    ring_fd: int,
+    timeout: float,
+) -> tuple[bool, list[int]] | None:
+    """A doorbell over the readers' heads, for up to ``timeout`` s, in C with the GIL
+    released: unless ``answered``, wait until ``answer_fd`` is readable and take it; sleep
+    until a head moves past its cursor; write 1 to ``ring_fd`` (an eventfd); take the
+    heads as cursors; again until the timeout. Returns ``(answered, heads)``, early when a
+    segment stops being live (call again: the readers follow a successor). While it waits
+    for the answer it is not asleep on a head, so the writer makes no wake calls for it.
+
+    None when this cannot run here (no C helpers on either side, a segment not live, more
+    than ``shm.native.MAX_WAIT_SEGMENTS`` readers, a kernel without futex_waitv): the
+    caller waits another way."""
+    doorbell = _native.doorbell
+    if (
+        doorbell is None
+        or not readers
+        or len(readers) > _native.MAX_WAIT_SEGMENTS
+        or len(readers) != len(cursors)
+        or any(reader._wait_heads is None for reader in readers)
+    ):
+        return None
+    headers = [reader._current().header_to_sleep_on() for reader in readers]
+    if None in headers:
+        return None
+    return doorbell(headers, cursors, answered, answer_fd, ring_fd, timeout)
+
+
 def attach(
     prefix: str,
     kind: str,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -428,3 +429,101 @@ def test_no_reader_leaves_its_header_mapping_open(prefix: str) -> None:
         assert header is not None
         reader.close()
         assert header.closed
+
+
+class _Bell:
+    """The two eventfds of a doorbell: ``ring`` (it writes), ``answer`` (we write)."""
+
+    def __init__(self) -> None:
+        self.ring = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.answer = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def rings(self) -> int:
+        try:
+            return os.eventfd_read(self.ring)
+        except BlockingIOError:
+            return 0
+
+    def close(self) -> None:
+        os.close(self.ring)
+        os.close(self.answer)
+
+
+@pytest.fixture
+def bell() -> Iterator[_Bell]:
+    made = _Bell()
+    yield made
+    made.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_doorbell_rings_once_per_answer_and_sleeps_on_no_head_meanwhile(
+    ticker: tuple, bell: _Bell
+) -> None:
+    writer, reader = ticker
+    served: list[tuple[bool, list[int]] | None] = []
+    cycles = 3
+
+    def doorbell() -> None:
+        served.append(shm.ring_on_heads([reader], [0], True, bell.answer, bell.ring, 3.0))
+
+    thread = threading.Thread(target=doorbell, daemon=True)
+    thread.start()
+    for k in range(1, cycles + 1):
+        # Asleep on the head: the next record wakes it, and it rings.
+        _when_asleep(writer, lambda k=k: writer.write(H.make_ticker("KRW-BTC", k, 0), 1)).join(WAIT)
+        deadline = time.monotonic() + WAIT
+        while not (rang := bell.rings()) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert rang == 1, f"ring {k}"
+        # Until it is answered it waits on the answer, not on the head: more records
+        # neither ring nor cost the writer wake calls.
+        writer.write(H.make_ticker("KRW-BTC", k, 1), 1)
+        time.sleep(0.05)
+        assert bell.rings() == 0 and _words(reader)[L.H_WAITERS] == 0
+        os.eventfd_write(bell.answer, 1)
+        if k < cycles:
+            # Answered, it finds the record written meanwhile at once and rings again;
+            # take that ring and answer it, so the next cycle starts asleep on the head.
+            deadline = time.monotonic() + WAIT
+            while not bell.rings() and time.monotonic() < deadline:
+                time.sleep(0.001)
+            os.eventfd_write(bell.answer, 1)
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    answered, heads = served[0]
+    assert heads == [writer.head] and _words(reader)[L.H_WAITERS] == 0
+    assert answered is False, "the last ring, for the record after the last answer, is open"
+
+
+@pytest.mark.timeout(60)
+def test_the_doorbell_returns_when_its_segment_closes(prefix: str, bell: _Bell) -> None:
+    writer = shm.TickerWriter(prefix, ["KRW-BTC"])
+    reader = shm.attach(prefix, "ticker")
+    try:
+        _when_asleep(writer, writer.close)
+        started = time.monotonic()
+        answered, heads = shm.ring_on_heads([reader], [0], True, bell.answer, bell.ring, WAIT)
+        assert time.monotonic() - started < WAIT / 2, "ran to its timeout"
+        assert (answered, heads, bell.rings()) == (True, [0], 0)
+        # Not live any more: the caller has to wait another way.
+        assert shm.ring_on_heads([reader], [0], True, bell.answer, bell.ring, WAIT) is None
+    finally:
+        reader.close()
+        writer.close()
+
+
+@pytest.mark.timeout(30)
+def test_the_doorbell_waits_its_timeout_for_an_answer(ticker: tuple, bell: _Bell) -> None:
+    writer, reader = ticker
+    writer.write(H.make_ticker("KRW-BTC", 1, 0), 1)
+    started = time.monotonic()
+    assert shm.ring_on_heads([reader], [0], False, bell.answer, bell.ring, 0.2) == (False, [0])
+    assert time.monotonic() - started >= 0.2 and bell.rings() == 0
+    os.eventfd_write(bell.answer, 1)
+    assert shm.ring_on_heads([reader], [0], False, bell.answer, bell.ring, 0.2) == (False, [1])
+    assert bell.rings() == 1
+    with shm.attach(prefix=writer.name.rsplit(".", 1)[0], kind="ticker", native=False) as plain:
+        assert shm.ring_on_heads([plain], [1], True, bell.answer, bell.ring, 0.1) is None
+    with pytest.raises(ValueError, match="fds and timeout"):
+        native.doorbell([_words(reader)], [0], True, -1, bell.ring, 0.1)

@@ -714,6 +714,7 @@ def test_a_worker_whose_doorbell_fails_polls_shm_instead(feed, ctx, monkeypatch,
         raise RuntimeError("the sleep broke")
 
     monkeypatch.setattr(shm, "wait_for_heads", broken)
+    monkeypatch.setattr(shm, "ring_on_heads", broken)
     prefix = f"upft-{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
     writer = shm.TickerWriter(prefix, ["KRW-BTC"], capacity=64)
     try:

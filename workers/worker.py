@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import threading
 import time
@@ -127,15 +128,25 @@ class _ShmDoorbell:
     head moves, so that one poll of the bus also wakes for shm. It has readers of its
     own (a reader serves one thread) and rings once per :meth:`answer`: a busy ring
     wakes the worker once per look, not once per record. It rings once at the start,
-    for what was written before it first looked at the heads."""
+    for what was written before it first looked at the heads.
 
-    def __init__(self, readers: list[Any], wait_for_heads: Callable[..., list[int]]) -> None:
+    With the shm C helpers the thread spends its life in ``shm.ring_on_heads``, which
+    answers, sleeps and rings without the GIL, so a ring costs the worker's main thread
+    no GIL hand-off; while a segment is not live it waits slice by slice in Python."""
+
+    def __init__(
+        self,
+        readers: list[Any],
+        wait_for_heads: Callable[..., list[int]],
+        ring_on_heads: Callable[..., tuple[bool, list[int]] | None],
+    ) -> None:
         self._readers = readers
         self._wait_for_heads = wait_for_heads
+        self._ring_on_heads = ring_on_heads
         self.fd = os.eventfd(1, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._answered = threading.Event()
+        self._answer_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._stop = threading.Event()
-        # The thread may outlive close() by a slice; whoever is last closes the fd, so
+        # The thread may outlive close() by a slice; whoever is last closes the fds, so
         # that a late ring never writes into a descriptor number reused meanwhile.
         self._fd_lock = threading.Lock()
         self._close_fd_at_exit = False
@@ -153,19 +164,26 @@ class _ShmDoorbell:
         if native.wait_heads is None:
             return None
         readers = [_attach_shm(prefix, kind, timeout) for kind in kinds]
-        return cls(readers, shm.wait_for_heads)
+        return cls(readers, shm.wait_for_heads, shm.ring_on_heads)
 
     def _run(self) -> None:
         try:
             cursors = [reader.head for reader in self._readers]
+            answered = False
             while not self._stop.is_set():
-                if not self._answered.wait(_DOORBELL_SLICE_S):
-                    continue
-                heads = self._wait_for_heads(self._readers, cursors, _DOORBELL_SLICE_S)
-                if heads != cursors:
-                    cursors = heads
-                    self._answered.clear()
-                    os.eventfd_write(self.fd, 1)
+                served = self._ring_on_heads(
+                    self._readers, cursors, answered, self._answer_fd, self.fd, _DOORBELL_SLICE_S
+                )
+                if served is not None:
+                    answered, cursors = served
+                elif not answered:
+                    answered = self._take_answer(_DOORBELL_SLICE_S)
+                else:
+                    heads = self._wait_for_heads(self._readers, cursors, _DOORBELL_SLICE_S)
+                    if heads != cursors:
+                        cursors = heads
+                        answered = False
+                        os.eventfd_write(self.fd, 1)
         except Exception:
             # The worker sees the flag at the ring below and polls shm from then on.
             log.exception("event=shm_doorbell_failed")
@@ -176,7 +194,17 @@ class _ShmDoorbell:
                 reader.close()
             with self._fd_lock:
                 if self._close_fd_at_exit:
-                    os.close(self.fd)
+                    self._close_fds()
+
+    def _take_answer(self, timeout: float) -> bool:
+        readable, _, _ = select.select([self._answer_fd], [], [], timeout)
+        if not readable:
+            return False
+        try:
+            os.eventfd_read(self._answer_fd)
+        except BlockingIOError:
+            return False
+        return True
 
     def answer(self) -> bool:
         """Take the ring (the worker is about to look at shm); False if there was none."""
@@ -185,18 +213,22 @@ class _ShmDoorbell:
         except BlockingIOError:
             return False
         self.rings += 1
-        self._answered.set()
+        os.eventfd_write(self._answer_fd, 1)
         return True
+
+    def _close_fds(self) -> None:
+        os.close(self.fd)
+        os.close(self._answer_fd)
 
     def close(self) -> None:
         self._stop.set()
-        self._answered.set()
+        os.eventfd_write(self._answer_fd, 1)  # a thread waiting for an answer looks up
         self._thread.join(_DOORBELL_SLICE_S * 4)
         with self._fd_lock:
             if self._thread.is_alive():
                 self._close_fd_at_exit = True
             else:
-                os.close(self.fd)
+                self._close_fds()
 
 
 class Worker:
