@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -23,6 +24,18 @@ SHM_DIR = Path("/dev/shm")
 # Segments this test session creates carry its pid, so concurrent sessions never judge
 # (or remove) each other's segments.
 SESSION_PREFIX = f"uft-{os.getpid()}-"
+
+
+def output_or_kill(proc: subprocess.Popen, timeout: float) -> bytes:
+    """Everything ``proc`` prints until it exits; killed (and the test failed by the
+    timeout) if it is still running after ``timeout`` s."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
+    return out
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:

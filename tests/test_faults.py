@@ -39,7 +39,7 @@ from feedhandler.app import FeedProcess
 from feedhandler.control import ControlClient
 from feedhandler.upbit import Subscription
 from simulator import Simulator
-from tests.conftest import SHM_DIR, wait_until
+from tests.conftest import SHM_DIR, output_or_kill, wait_until
 
 TRADES_AND_TICKERS = [
     {"type": "trade", "codes": "all"},
@@ -382,12 +382,7 @@ def feed_command(harness) -> list[str]:
 def stop_process(proc: subprocess.Popen) -> tuple[int, bytes]:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=5)
+    out = output_or_kill(proc, 10)
     return proc.returncode, out
 
 

@@ -15,7 +15,7 @@ import psutil
 import shm
 from feedhandler.control import ControlClient
 from simulator import Simulator
-from tests.conftest import SHM_DIR, wait_until
+from tests.conftest import SHM_DIR, output_or_kill, wait_until
 
 ACCESS = "feed-test-access-key-0123456789"
 SECRET = "feed-test-secret-key-abcdefghijklmnopqrstuvwxyz"
@@ -37,12 +37,7 @@ def stop_feed(proc: subprocess.Popen, timeout: float = 2.0) -> tuple[int, bytes,
     """SIGTERM, then the exit code, all output and the seconds it took to exit."""
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=timeout + 3)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=5)
+    out = output_or_kill(proc, timeout + 3)
     return proc.returncode, out, time.monotonic() - started
 
 
@@ -240,12 +235,7 @@ def test_private_types_without_keys_exit_2_with_one_clear_line(tmp_path: Path):
 
 def _start_failure(harness) -> tuple[int, str]:
     proc = start_feed(harness, {})
-    try:
-        out, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=5)
+    out = output_or_kill(proc, 30)
     return proc.returncode, out.decode(errors="replace")
 
 
