@@ -562,10 +562,14 @@ class Exchange:
                     dispatch(step(now_ms))
                 produced += due
                 self._flush_candles(now_ms)
-                self._flush_all()
             now = loop.time()
             wait = min(max(anchor + (produced + 1) / rate - now, PACE_MIN_WAIT), 0.05)
-            await timer.sleep_until(now + wait + self.slow_delay)
+            # Armed before the frames leave: until this process sleeps, a reader of them
+            # that shares its core cannot run, so the least possible work follows a write.
+            timer.arm(now + wait + self.slow_delay)
+            if due > 0:
+                self._flush_all()
+            await timer.wait()
 
     def _dispatch(self, trade: Trade) -> None:
         code = trade.code

@@ -54,6 +54,10 @@ class LoopTimer:
     """``await timer.sleep_until(deadline)``: resumes at ``deadline`` (``loop.time()``
     seconds), never before it, to the microsecond where a timerfd is available.
 
+    ``arm(deadline)`` then ``await wait()`` is the same sleep in two steps, so that a
+    caller can set its next wake-up before its last piece of work, e.g. a write whose
+    reader shares a core with this process and runs only once this one sleeps.
+
     One waiter at a time (the pacing task); :meth:`close` releases the descriptor.
     """
 
@@ -61,6 +65,8 @@ class LoopTimer:
         self._loop = loop
         self._fd = -1
         self._waiter: asyncio.Future[None] | None = None
+        self._deadline: float | None = None
+        self._awaited = False
         libc = _libc()
         if libc is None or abs(loop.time() - time.monotonic()) > 0.01:
             # A loop on another clock than CLOCK_MONOTONIC cannot use absolute deadlines.
@@ -80,26 +86,46 @@ class LoopTimer:
         return self._fd >= 0
 
     async def sleep_until(self, deadline: float) -> None:
-        if deadline <= self._loop.time():
+        self.arm(deadline)
+        await self.wait()
+
+    def arm(self, deadline: float) -> None:
+        """Sets the deadline the next :meth:`wait` returns at (replacing an armed one
+        that nobody awaits yet)."""
+        if self._awaited:
+            raise RuntimeError("LoopTimer.sleep_until is already awaited")
+        self._deadline = deadline
+        self._waiter = None
+        if self._fd < 0 or deadline <= self._loop.time():
+            return
+        seconds = int(deadline)
+        self._spec.it_value.tv_sec = seconds
+        self._spec.it_value.tv_nsec = min(int((deadline - seconds) * 1e9), 999_999_999)
+        waiter = self._loop.create_future()
+        if self._libc.timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, self._spec, None) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"timerfd_settime failed: {os.strerror(errno)}")
+        self._waiter = waiter
+
+    async def wait(self) -> None:
+        """Returns at the armed deadline (at once, after one pass of the loop, if it is
+        past or nothing is armed)."""
+        deadline, self._deadline = self._deadline, None
+        waiter = self._waiter
+        if deadline is None or deadline <= self._loop.time():
+            self._waiter = None
             await asyncio.sleep(0)
             return
-        if self._fd < 0:
+        if waiter is None:
             # asyncio may wake a timer up to its clock resolution early.
             while (left := deadline - self._loop.time()) > 0:
                 await asyncio.sleep(left)
             return
-        if self._waiter is not None and not self._waiter.done():
-            raise RuntimeError("LoopTimer.sleep_until is already awaited")
-        seconds = int(deadline)
-        self._spec.it_value.tv_sec = seconds
-        self._spec.it_value.tv_nsec = min(int((deadline - seconds) * 1e9), 999_999_999)
-        waiter = self._waiter = self._loop.create_future()
-        if self._libc.timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, self._spec, None) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"timerfd_settime failed: {os.strerror(errno)}")
+        self._awaited = True
         try:
             await waiter
         finally:
+            self._awaited = False
             self._waiter = None
 
     def _fired(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -161,3 +162,45 @@ def test_closing_cancels_a_pending_sleep(mode: str) -> None:
         return True
 
     assert run(body) is True
+
+
+def test_arm_then_wait_ends_at_the_deadline_after_work_done_in_between(mode: str) -> None:
+    async def body(loop: asyncio.AbstractEventLoop) -> tuple[bool, bool]:
+        timer = LoopTimer(loop)
+        try:
+            deadline = loop.time() + 0.01
+            timer.arm(deadline)
+            time.sleep(0.002)  # the work between arming and waiting, e.g. a write
+            await timer.wait()
+            on_time = loop.time() >= deadline
+            # Work longer than the armed wait: the deadline has passed when wait() starts.
+            timer.arm(loop.time() + 0.001)
+            time.sleep(0.005)
+            started = loop.time()
+            await timer.wait()
+            return on_time, loop.time() - started < 0.5
+        finally:
+            timer.close()
+
+    assert run(body) == (True, True)
+
+
+def test_arming_again_before_waiting_replaces_the_deadline(mode: str) -> None:
+    async def body(loop: asyncio.AbstractEventLoop) -> tuple[bool, bool]:
+        timer = LoopTimer(loop)
+        try:
+            timer.arm(loop.time() + 0.001)
+            later = loop.time() + 0.02
+            timer.arm(later)
+            time.sleep(0.003)  # the first deadline passes: it must not end the wait
+            await timer.wait()
+            not_early = loop.time() >= later
+            timer.arm(loop.time() + 30.0)
+            timer.arm(loop.time() + 0.002)
+            started = loop.time()
+            await timer.wait()
+            return not_early, loop.time() - started < 5.0
+        finally:
+            timer.close()
+
+    assert run(body) == (True, True)
