@@ -2,11 +2,56 @@
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 MAX_EVENTS_PER_CONNECTION = 1_000
+
+
+class SidHistory:
+    """The last ``maxlen`` trade ids sent on a connection for one market, oldest first.
+
+    Plain int64 storage rather than a deque of ints: a collection of the generation
+    that holds a deque visits every item, and after a few throughput bursts the
+    connections' histories hold hundreds of thousands of ids (200,000: 4-9 ms per full
+    collection on the project's machine), time in which the event loop, and so the
+    paced stream, stands still.
+    """
+
+    __slots__ = ("_ids", "_oldest", "maxlen")
+
+    def __init__(self, maxlen: int) -> None:
+        if maxlen < 1:
+            raise ValueError(f"sid history must hold at least one id, not {maxlen}")
+        self.maxlen = maxlen
+        self._ids = array("q")
+        self._oldest = 0
+
+    def append(self, sid: int) -> None:
+        ids = self._ids
+        if len(ids) < self.maxlen:
+            ids.append(sid)
+        else:
+            oldest = self._oldest
+            ids[oldest] = sid
+            self._oldest = oldest + 1 if oldest + 1 < self.maxlen else 0
+
+    def tolist(self) -> list[int]:
+        ids, oldest = self._ids, self._oldest
+        return ids[oldest:].tolist() + ids[:oldest].tolist()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.tolist())
+
+    def clear(self) -> None:
+        self._ids = array("q")
+        self._oldest = 0
 
 
 @dataclass(slots=True)
@@ -30,12 +75,12 @@ class ConnectionRecord:
     errors: deque[dict[str, Any]] = field(
         default_factory=lambda: deque(maxlen=MAX_EVENTS_PER_CONNECTION)
     )
-    sids: dict[str, deque[int]] = field(default_factory=dict)
+    sids: dict[str, SidHistory] = field(default_factory=dict)
 
     def sent_sid(self, code: str, sid: int) -> None:
         sids = self.sids.get(code)
         if sids is None:
-            sids = self.sids[code] = deque(maxlen=self.sid_history)
+            sids = self.sids[code] = SidHistory(self.sid_history)
         sids.append(sid)
 
     def as_json(self) -> dict[str, Any]:
@@ -52,7 +97,7 @@ class ConnectionRecord:
             "requests": list(self.requests),
             "violations": list(self.violations),
             "errors": list(self.errors),
-            "sids": {code: list(sids) for code, sids in self.sids.items()},
+            "sids": {code: sids.tolist() for code, sids in self.sids.items()},
         }
 
 

@@ -1,6 +1,8 @@
 """Pure parts of the simulator: rate windows, HTTP head parsing, JWT checks, the account."""
 
+import gc
 import hashlib
+from collections import deque
 from decimal import Decimal
 
 import jwt
@@ -8,6 +10,7 @@ import pytest
 
 from simulator.frames import frame, header
 from simulator.http import HttpError, HttpResponse, parse_head
+from simulator.journal import ConnectionRecord, SidHistory
 from simulator.limits import SlidingWindow, WindowSet
 from simulator.private import Account, Authenticator, AuthError, OrderError, encode_private
 from simulator.testing import decode
@@ -34,6 +37,39 @@ def test_window_set_needs_every_window():
     assert windows.allow(61.0)
     with pytest.raises(ValueError, match="limit >= 1"):
         SlidingWindow(0, 1.0)
+
+
+@pytest.mark.parametrize("appended", [0, 1, 4, 5, 6, 9, 10, 11, 23])
+def test_sid_history_keeps_the_newest_ids_oldest_first(appended):
+    sids = [17_957_068_196_340_008 + 10_000 * i for i in range(appended)]
+    history, reference = SidHistory(5), deque(maxlen=5)
+    for sid in sids:
+        history.append(sid)
+        reference.append(sid)
+    assert history.tolist() == list(history) == list(reference)
+    assert len(history) == len(reference)
+    history.clear()
+    assert history.tolist() == [] and len(history) == 0
+    history.append(sids[-1] if sids else 1)
+    assert len(history) == 1
+    with pytest.raises(ValueError, match="at least one id"):
+        SidHistory(0)
+
+
+def test_sent_ids_are_invisible_to_the_garbage_collector():
+    # Collections walked every id of every connection's deque and stalled the paced stream.
+    record = ConnectionRecord(1, "/websocket/v1", "127.0.0.1", False, False, 0.0, 1_000)
+    for i in range(3_000):
+        record.sent_sid("KRW-BTC", 17_957_068_196_340_008 + i)
+    assert record.as_json()["sids"]["KRW-BTC"] == [
+        17_957_068_196_340_008 + i for i in range(2_000, 3_000)
+    ]
+    # A collection visits a handful of objects from the history, never the ids.
+    history = record.sids["KRW-BTC"]
+    visited = gc.get_referents(history)
+    visited += gc.get_referents(*visited)
+    assert len(visited) < 10
+    assert not any(isinstance(ref, int) and ref > 1_000_000 for ref in visited)
 
 
 def test_parse_head():
