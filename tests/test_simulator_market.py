@@ -7,7 +7,7 @@ import pytest
 
 from simulator import numbers
 from simulator.encode import encode_orderbook, encode_ticker, encode_trade
-from simulator.generator import MarketGenerator
+from simulator.generator import BookView, MarketGenerator
 from simulator.markets import MAX_MARKETS, market_list, tick_size
 from simulator.numbers import UNIT
 from simulator.request import RequestError, parse_request
@@ -105,6 +105,33 @@ def test_generator_state_stays_consistent():
     assert (
         list(gen.states[code].sids)[-5:] == [t.sequential_id for t in gen.states[code].trades][-5:]
     )
+
+
+@pytest.mark.parametrize("fmt", ["DEFAULT", "SIMPLE"])
+def test_book_units_spelled_from_the_cache_are_exact_and_invisible_to_the_collector(fmt):
+    from simulator import encode
+
+    gen = MarketGenerator(market_list(5), seed=3, now_ms=NOW)
+    state = gen.states["KRW-BTC"]
+    top = 2**64 - 1
+    # Cached spellings stay exact for any value, wide or negative.
+    units = [(top, top - 1, top, 1), (2**64, 5, 7, 9), (3, 2**70, 0, 1), (8, 7, -6, 5)]
+    units += state.book(15).units
+    book = BookView(units, sum(u[2] for u in units), sum(u[3] for u in units), 0)
+    encode._unit_cache[fmt == "DEFAULT"].clear()
+    first = encode_orderbook(state, book, fmt, "SNAPSHOT", NOW)
+    cached = encode_orderbook(state, book, fmt, "SNAPSHOT", NOW)
+    assert cached == first
+    spelled = decode(first)["orderbook_units" if fmt == "DEFAULT" else "obu"]
+    keys = (
+        ("ask_price", "bid_price", "ask_size", "bid_size")
+        if fmt == "DEFAULT"
+        else ("ap", "bp", "as", "bs")
+    )
+    assert [tuple(numbers.from_decimal(u[k]) for k in keys) for u in spelled] == units
+    assert len(encode._unit_cache[fmt == "DEFAULT"]) == len(set(units))
+    # With tuple keys, each new key made the cache a dict the collector walked whole.
+    assert not gc.is_tracked(encode._unit_cache[fmt == "DEFAULT"])
 
 
 def test_orderbook_depth_levels_and_totals():
