@@ -134,6 +134,51 @@ def test_book_units_spelled_from_the_cache_are_exact_and_invisible_to_the_collec
     assert not gc.is_tracked(encode._unit_cache[fmt == "DEFAULT"])
 
 
+def test_full_spelling_caches_are_freed_a_few_entries_at_a_time_and_stay_exact(monkeypatch):
+    from simulator import encode
+
+    limit = 40
+    monkeypatch.setattr(encode, "_CACHE_LIMIT", limit)
+    monkeypatch.setattr(encode, "_retired", encode.deque())
+    monkeypatch.setattr(encode, "_unit_cache", {True: {}, False: {}})
+    for name in ("java", "fixed"):
+        monkeypatch.setattr(encode, name, encode._cached(getattr(numbers, name)))
+    gen = MarketGenerator(market_list(5), seed=3, now_ms=NOW)
+    state = gen.states["KRW-BTC"]
+    first_retired = None
+    previous = 0
+    for i in range(6 * limit):
+        # One new unit and four new numbers per book.
+        book = BookView([(1000 * UNIT + i, 999 * UNIT - i, i * UNIT, 3 * UNIT + i)], 0, 0, 0)
+        unit = decode(encode_orderbook(state, book, "DEFAULT", "SNAPSHOT", NOW))["orderbook_units"][
+            0
+        ]
+        assert [numbers.from_decimal(unit[k]) for k in ("ask_price", "bid_price")] == [
+            1000 * UNIT + i,
+            999 * UNIT - i,
+        ]
+        assert [numbers.from_decimal(unit[k]) for k in ("ask_size", "bid_size")] == [
+            i * UNIT,
+            3 * UNIT + i,
+        ]
+        assert 1 <= len(encode._unit_cache[True]) <= limit
+        if first_retired is None and encode._retired:
+            first_retired = encode._retired[0]
+        retired = sum(len(cache) for cache in encode._retired)
+        # A full cache is set aside, never freed in one go: five new entries free at most
+        # five times _FREED_PER_ENTRY of the retired ones.
+        assert previous - retired <= 5 * encode._FREED_PER_ENTRY
+        # Bounded: the unit, price and size caches, each at most one full cache retired.
+        assert retired <= 3 * limit
+        previous = retired
+    assert first_retired is not None and len(first_retired) == 0
+    assert all(cache is not first_retired for cache in encode._retired)
+    # A unit seen again is spelled the same from the cache.
+    assert encode_orderbook(state, book, "DEFAULT", "SNAPSHOT", NOW) == encode_orderbook(
+        state, book, "DEFAULT", "SNAPSHOT", NOW
+    )
+
+
 def test_orderbook_depth_levels_and_totals():
     gen = MarketGenerator(market_list(6), seed=1, now_ms=NOW)
     state = gen.states["KRW-BTC"]
