@@ -27,7 +27,8 @@ Latency (scenario 2)
     -> reader. The same is then measured in a low-latency setup
     (:func:`low_latency_runs`): a second feed whose connection busy-polls
     (``--busy-poll-us``, ``connection.busy_poll_us``) pinned to a core of its own, with
-    the cores it used, read by a polling shm reader and by a sleeping one.
+    the cores it used, read by a polling shm reader and by a sleeping one; the
+    simulator, the stand-in for the exchange, runs under SCHED_FIFO there.
 
 Machine quietness, before and after (``cpu_interruptions_before`` / ``_after``):
     one spinning process pinned to each core, 2 s; per core, how often and for how long
@@ -67,11 +68,13 @@ from bench.harness import (
     cpu_interruptions,
     emit,
     feed_config,
+    fifo_process,
     floor_consumer,
     machine_info,
     new_connection,
     pin_process,
     ratio,
+    restore_policies,
     shm_consumer,
     unpin_process,
     wait_for,
@@ -319,13 +322,27 @@ def low_latency_runs(
     feed's connection busy-polls (``connection.busy_poll_us``) on a core of its own, the
     simulator, this process and the consumers share the other cores. The shm reader
     polls with sched_yield between polls (``wire_to_shm``), then, in a run of its own,
-    sleeps on the heads (``wire_to_shm_sleeping_reader``)."""
+    sleeps on the heads (``wire_to_shm_sleeping_reader``).
+
+    The simulator stands in for the exchange and the network, which share no core with
+    a reader on a real deployment, so here it runs under SCHED_FIFO where the OS allows
+    it (``simulator_scheduling``). As a normal task it woke up late behind the polling
+    reader on their shared core (the scheduler holds back a task that has just had more
+    than its share), dozens of times per second by 1-7 ms, and then sent what had come
+    due meanwhile in one write: bursts the exchange would not have sent, whose last
+    records waited for the feed to route the ones before them."""
     cpus = sorted(os.sched_getaffinity(0))
     feed_cpus, other_cpus = {cpus[-1]}, set(cpus[:-1]) or {cpus[-1]}
     out: dict[str, dict[str, Any]] = {}
     body = feed_config(subscriptions(codes), busy_poll_us=args.busy_poll_us)
     own = os.sched_getaffinity(0)
     sim_pins = pin_process(sim.pid, other_cpus)
+    try:
+        sim_policies = fifo_process(sim.pid)
+        sim_scheduling = "SCHED_FIFO 1"
+    except PermissionError as exc:
+        sim_policies = {}
+        sim_scheduling = f"normal (SCHED_FIFO refused: {exc.strerror})"
     # Consumers are children of this process and start on its CPUs.
     os.sched_setaffinity(0, other_cpus)
     try:
@@ -338,6 +355,7 @@ def low_latency_runs(
                 for entry in figures.values():
                     entry["feed_cores_used"] = round(busy / (time.monotonic() - wall0), 2)
                     entry["feed_cpus"] = sorted(feed_cpus)
+                    entry["simulator_scheduling"] = sim_scheduling
                 figures["wire_to_shm"]["shm_reader"] = shm_reader_name(0.0)
                 sleeping = feed_latency(
                     sim,
@@ -350,9 +368,11 @@ def low_latency_runs(
                 )
                 for entry in sleeping.values():
                     entry["shm_reader"] = shm_reader_name(None)
+                    entry["simulator_scheduling"] = sim_scheduling
                 out[str(int(r))] = {**figures, **sleeping}
     finally:
         os.sched_setaffinity(0, own)
+        restore_policies(sim_policies)
         unpin_process(sim_pins)
     return out
 

@@ -8,6 +8,7 @@ separate OS processes (clocks on one host), so what is measured is what a user r
   unique shm prefix and a private ipc directory; ``control`` talks to it;
 * :func:`machine_info`: cores, CPU model, Python, package versions, load average;
 * :func:`cpu_interruptions`: what other tasks take from a thread that never sleeps;
+* :func:`pin_process` / :func:`fifo_process`: a process's cores and scheduling policy;
 * :func:`percentiles`: p50 / p99 / p99.9 / max of a sample (microseconds);
 * :func:`write_result`: one JSON file per scenario under ``bench/results/``.
 """
@@ -465,6 +466,32 @@ def unpin_process(before: dict[int, set[int]]) -> None:
     for tid, cpus in before.items():
         with contextlib.suppress(ProcessLookupError):
             os.sched_setaffinity(tid, cpus)
+
+
+def fifo_process(pid: int, priority: int = 1) -> dict[int, tuple[int, int]]:
+    """Runs every thread of ``pid`` under SCHED_FIFO at ``priority``: on its core it then
+    runs as soon as it wakes and no normal task preempts it. Returns each thread's
+    previous policy and priority (for :func:`restore_policies`). Raises PermissionError
+    (with nothing changed) where this process may not raise a priority (no root,
+    CAP_SYS_NICE or RLIMIT_RTPRIO)."""
+    before: dict[int, tuple[int, int]] = {}
+    try:
+        for name in os.listdir(f"/proc/{pid}/task"):
+            tid = int(name)
+            with contextlib.suppress(ProcessLookupError):
+                previous = (os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
+                os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+                before[tid] = previous
+    except PermissionError:
+        restore_policies(before)
+        raise
+    return before
+
+
+def restore_policies(before: dict[int, tuple[int, int]]) -> None:
+    for tid, (policy, priority) in before.items():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setscheduler(tid, policy, os.sched_param(priority))
 
 
 class ConsumerError(BenchError):

@@ -114,6 +114,10 @@ def test_system_benchmarks_quick(tmp_path: Path) -> None:
     for path in ("wire_to_shm", "wire_to_zmq_worker"):
         _latency(low[path]["latency_us"])
         assert low[path]["gaps"] == 0 and _number(low[path]["feed_cores_used"])
+    # The simulator, the exchange's stand-in, runs ahead of the readers on its core.
+    for figures in (low["wire_to_shm"], low["wire_to_shm_sleeping_reader"]):
+        scheduling = figures["simulator_scheduling"]
+        assert scheduling == "SCHED_FIFO 1" or scheduling.startswith("normal (SCHED_FIFO")
     # The same with a reader that sleeps on the heads until the writer publishes.
     sleeping = low["wire_to_shm_sleeping_reader"]
     _latency(sleeping["latency_us"])
