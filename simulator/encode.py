@@ -10,6 +10,7 @@ have to go through ``float`` to write these numbers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import deque
@@ -106,13 +107,18 @@ def _retire(cache: dict[Any, str]) -> dict[Any, str]:
 def _free_retired() -> None:
     """Frees a few entries of the oldest retired cache (called once per new entry, so the
     retired ones are gone long before the caches that replaced them fill up)."""
-    if _retired:
+    # Simulators in several threads of one process share these caches: no step here
+    # relies on what an earlier one saw.
+    try:
         oldest = _retired[0]
+    except IndexError:
+        return
+    try:
         for _ in range(_FREED_PER_ENTRY):
-            if not oldest:
-                _retired.popleft()
-                return
             oldest.popitem()
+    except KeyError:
+        with contextlib.suppress(ValueError):
+            _retired.remove(oldest)
 
 
 def _cached(spell: Callable[[int], str]) -> Callable[[int], str]:

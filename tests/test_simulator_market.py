@@ -173,6 +173,14 @@ def test_full_spelling_caches_are_freed_a_few_entries_at_a_time_and_stay_exact(m
         previous = retired
     assert first_retired is not None and len(first_retired) == 0
     assert all(cache is not first_retired for cache in encode._retired)
+    # A cache retired twice (two threads at once) or emptied elsewhere is dropped quietly.
+    encode._retired.clear()
+    twice = {1: "1", 2: "2", 3: "3", 4: "4", 5: "5"}
+    encode._retired.extend([{}, twice, twice])
+    for _ in range(4):
+        encode._free_retired()
+    assert not encode._retired and not twice
+    encode._free_retired()
     # A unit seen again is spelled the same from the cache.
     assert encode_orderbook(state, book, "DEFAULT", "SNAPSHOT", NOW) == encode_orderbook(
         state, book, "DEFAULT", "SNAPSHOT", NOW
