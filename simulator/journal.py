@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from array import array
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,13 +44,6 @@ class SidHistory:
 
     def __len__(self) -> int:
         return len(self._ids)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.tolist())
-
-    def clear(self) -> None:
-        self._ids = array("q")
-        self._oldest = 0
 
 
 @dataclass(slots=True)
