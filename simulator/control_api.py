@@ -107,10 +107,7 @@ class ControlApi:
         for record in exchange.journal.connections.values():
             if only is not None and str(record.id) != only:
                 continue
-            item = record.as_json()
-            if not with_sids:
-                item["sids"] = {code: len(sids) for code, sids in record.sids.items()}
-            connections.append(item)
+            connections.append(record.as_json(with_sids))
         generated: dict[str, Any] = {}
         for code in codes:
             state = exchange.generator.states.get(code)

@@ -75,7 +75,9 @@ class ConnectionRecord:
             sids = self.sids[code] = SidHistory(self.sid_history)
         sids.append(sid)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self, with_sids: bool = True) -> dict[str, Any]:
+        """The record as JSON; each market's sent trade ids, or only how many with
+        ``with_sids`` False (listing a few hundred thousand ids holds up the event loop)."""
         return {
             "id": self.id,
             "path": self.path,
@@ -89,7 +91,9 @@ class ConnectionRecord:
             "requests": list(self.requests),
             "violations": list(self.violations),
             "errors": list(self.errors),
-            "sids": {code: sids.tolist() for code, sids in self.sids.items()},
+            "sids": {
+                code: sids.tolist() if with_sids else len(sids) for code, sids in self.sids.items()
+            },
         }
 
 

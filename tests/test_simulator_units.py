@@ -60,6 +60,7 @@ def test_sent_ids_are_invisible_to_the_garbage_collector():
     assert record.as_json()["sids"]["KRW-BTC"] == [
         17_957_068_196_340_008 + i for i in range(2_000, 3_000)
     ]
+    assert record.as_json(with_sids=False)["sids"] == {"KRW-BTC": 1_000}
     # A collection visits a handful of objects from the history, never the ids.
     history = record.sids["KRW-BTC"]
     visited = gc.get_referents(history)
