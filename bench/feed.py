@@ -32,9 +32,11 @@ Latency (scenario 2)
 
 Machine quietness, before and after (``cpu_interruptions_before`` / ``_after``):
     one spinning process pinned to each core, 2 s; per core, how often and for how long
-    something else took the core (``harness.cpu_interruptions``). With every core busy,
-    as in the low-latency setup, such an interruption lands on the feed or its reader;
-    a run whose figures differ from the last ones says here whether the machine did.
+    something else took the core (``harness.cpu_interruptions``), from 200 us and, as
+    ``short_*``, from 30 us. With every core busy, as in the low-latency setup, such an
+    interruption lands on the feed or its reader: the long ones make the p99.9, the
+    short ones, at about 1% of records, the p99; a run whose figures differ from the
+    last ones says here whether the machine did.
 
 Stages ("where the time goes"), in this process on the same kind of frames:
     frame parse (FrameParser over in-memory bytes), HotDecoder.decode, shm

@@ -116,12 +116,24 @@ print(json.dumps({"gaps_ns": gaps, "seconds": (last - start) / 1e9}))
 """
 
 
-def cpu_interruptions(seconds: float = 2.0, threshold_us: float = 200.0) -> dict[str, Any]:
+def cpu_interruptions(
+    seconds: float = 2.0, threshold_us: float = 200.0, short_threshold_us: float = 30.0
+) -> dict[str, Any]:
     """What other tasks (kernel threads, the VM's host) take from a thread that never
     sleeps, with every core busy at once, as in the low-latency setup: one spinning
     process pinned to each core; per core, the interruptions of ``threshold_us`` or more
     per second, the milliseconds per second they took and the longest. A quiet machine
-    shows none; each one delays whatever the feed receives meanwhile."""
+    shows none; each one delays whatever the feed receives meanwhile.
+
+    ``short_per_s`` / ``short_ms_per_s`` count from ``short_threshold_us`` on: the size
+    that sets a p99 of a path of tens of microseconds, as the low-latency one is. A record
+    on such a path meets one with a probability of about its rate times the path's
+    length on that core."""
+    if not 0 < short_threshold_us <= threshold_us:
+        raise ValueError(
+            f"short_threshold_us must be > 0 and <= threshold_us ({threshold_us}),"
+            f" got {short_threshold_us}"
+        )
     cpus = sorted(os.sched_getaffinity(0))
     spinners = {
         cpu: subprocess.Popen(
@@ -131,7 +143,7 @@ def cpu_interruptions(seconds: float = 2.0, threshold_us: float = 200.0) -> dict
                 _SPIN_SOURCE,
                 str(cpu),
                 str(seconds),
-                str(int(threshold_us * 1e3)),
+                str(int(short_threshold_us * 1e3)),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -142,14 +154,22 @@ def cpu_interruptions(seconds: float = 2.0, threshold_us: float = 200.0) -> dict
     for cpu, process in spinners.items():
         out, _ = process.communicate(timeout=seconds + START_TIMEOUT)
         report = json.loads(out)
-        gaps_us = np.asarray(report["gaps_ns"], dtype=np.float64) / 1e3
+        short_us = np.asarray(report["gaps_ns"], dtype=np.float64) / 1e3
+        gaps_us = short_us[short_us >= threshold_us]
         span = report["seconds"] or seconds
         per_core[str(cpu)] = {
             "per_s": round(gaps_us.size / span, 1),
             "ms_per_s": round(float(gaps_us.sum()) / 1e3 / span, 2),
-            "longest_us": round(float(gaps_us.max()), 1) if gaps_us.size else 0.0,
+            "longest_us": round(float(short_us.max()), 1) if short_us.size else 0.0,
+            "short_per_s": round(short_us.size / span, 1),
+            "short_ms_per_s": round(float(short_us.sum()) / 1e3 / span, 2),
         }
-    return {"seconds": seconds, "threshold_us": threshold_us, "per_core": per_core}
+    return {
+        "seconds": seconds,
+        "threshold_us": threshold_us,
+        "short_threshold_us": short_threshold_us,
+        "per_core": per_core,
+    }
 
 
 def _damon() -> list[dict[str, Any]]:
@@ -450,12 +470,16 @@ def read_json_line(process: subprocess.Popen[str], timeout: float) -> dict[str, 
     return json.loads(line)
 
 
+def thread_ids(pid: int) -> list[int]:
+    """The ids of ``pid``'s threads now (a thread may end before the caller uses its id)."""
+    return [int(name) for name in os.listdir(f"/proc/{pid}/task")]
+
+
 def pin_process(pid: int, cpus: set[int]) -> dict[int, set[int]]:
     """Restrict every thread of ``pid`` to ``cpus``; returns each thread's previous CPUs
     (for :func:`unpin_process`). Threads started later inherit their creator's set."""
     before: dict[int, set[int]] = {}
-    for name in os.listdir(f"/proc/{pid}/task"):
-        tid = int(name)
+    for tid in thread_ids(pid):
         with contextlib.suppress(ProcessLookupError):
             before[tid] = os.sched_getaffinity(tid)
             os.sched_setaffinity(tid, cpus)
@@ -476,8 +500,7 @@ def fifo_process(pid: int, priority: int = 1) -> dict[int, tuple[int, int]]:
     CAP_SYS_NICE or RLIMIT_RTPRIO)."""
     before: dict[int, tuple[int, int]] = {}
     try:
-        for name in os.listdir(f"/proc/{pid}/task"):
-            tid = int(name)
+        for tid in thread_ids(pid):
             with contextlib.suppress(ProcessLookupError):
                 previous = (os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
                 os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))

@@ -62,12 +62,20 @@ def _machine(machine: dict[str, Any]) -> None:
 def _interruptions(report: dict[str, Any]) -> None:
     cores = report["per_core"]
     assert set(cores) == {str(cpu) for cpu in os.sched_getaffinity(0)}
+    assert 0 < report["short_threshold_us"] <= report["threshold_us"]
     for core in cores.values():
         assert _number(core["per_s"]) and _number(core["ms_per_s"])
+        assert _number(core["short_per_s"]) and _number(core["short_ms_per_s"])
+        # The long ones are among the short ones.
+        assert core["short_per_s"] >= core["per_s"]
+        assert core["short_ms_per_s"] >= core["ms_per_s"]
         if core["per_s"]:  # every one counted lasted at least the threshold
             assert core["longest_us"] >= report["threshold_us"]
+        elif core["short_per_s"]:
+            assert report["short_threshold_us"] <= core["longest_us"]
+            assert core["longest_us"] < report["threshold_us"] and core["ms_per_s"] == 0
         else:
-            assert core["ms_per_s"] == core["longest_us"] == 0
+            assert core["short_ms_per_s"] == core["ms_per_s"] == core["longest_us"] == 0
 
 
 def test_system_benchmarks_quick(tmp_path: Path) -> None:
