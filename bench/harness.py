@@ -122,8 +122,9 @@ def cpu_interruptions(
     """What other tasks (kernel threads, the VM's host) take from a thread that never
     sleeps, with every core busy at once, as in the low-latency setup: one spinning
     process pinned to each core; per core, the interruptions of ``threshold_us`` or more
-    per second, the milliseconds per second they took and the longest. A quiet machine
-    shows none; each one delays whatever the feed receives meanwhile.
+    per second, the milliseconds per second they took, and the longest interruption of
+    any size counted. A quiet machine shows none; each one delays whatever the feed
+    receives meanwhile.
 
     ``short_per_s`` / ``short_ms_per_s`` count from ``short_threshold_us`` on: the size
     that sets a p99 of a path of tens of microseconds, as the low-latency one is. A record
