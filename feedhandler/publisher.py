@@ -368,9 +368,10 @@ def io_thread_ids(pid: int | None = None) -> list[int]:
     return sorted(ids)
 
 
-def fit_io_threads_to_cpus() -> str | None:
-    """Give each of this process's SCHED_BATCH or SCHED_IDLE ZeroMQ I/O threads the
-    policy that fits where it may run; the name of the policy in force, or None.
+def fit_io_threads_to_cpus(tids: Sequence[int] | None = None) -> str | None:
+    """Give each of this process's SCHED_BATCH or SCHED_IDLE ZeroMQ I/O threads (or of
+    ``tids``, the threads to look at) the policy that fits where it may run; the name of
+    the policy in force (of the last one, if several), or None.
 
     Allowed on one CPU only (the feed confined to a core), an I/O thread runs as
     SCHED_IDLE: it then runs only when the connection thread on that core waits or
@@ -385,7 +386,7 @@ def fit_io_threads_to_cpus() -> str | None:
     if batch is None or idle is None:
         return None
     in_force = None
-    for tid in io_thread_ids():
+    for tid in io_thread_ids() if tids is None else tids:
         try:
             policy = os.sched_getscheduler(tid)
             if policy not in (batch, idle):
